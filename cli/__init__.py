@@ -1,0 +1,1 @@
+"""The ``fedvault`` command line."""

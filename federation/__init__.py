@@ -1,0 +1,1 @@
+"""The running system: coordinator, client runtime, transports, local trainers, models, datasets."""

@@ -1,0 +1,5 @@
+"""The one exception hierarchy of ``federation``."""
+
+
+class FederationError(Exception):
+    """Base of every error raised by ``federation``."""

@@ -1,0 +1,5 @@
+"""The one exception hierarchy of ``storage``."""
+
+
+class StorageError(Exception):
+    """Base of every error raised by ``storage``."""

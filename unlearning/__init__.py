@@ -1,0 +1,1 @@
+"""Unlearning: MEDU-compressed sealed history records, unlearning rules, verification."""
