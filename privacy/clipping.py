@@ -8,8 +8,9 @@ server.
 
 The bound is enforced on the returned values as stored, not on the exact real product: scaling a
 float32 vector by C/‖u‖ can round to a norm a few ULPs above C, and a sensitivity claim that is off
-by one ULP is still a false claim. So the scale factor is nudged down until the stored result's
-norm, computed in float64, is at most C.
+by one ULP is still a false claim. So a clipped update is aimed a relative 2⁻³² inside the sphere
+(far below any noise, far above float64 summation error for up to ~10⁶ entries, so the bound holds
+however the norm is summed) and the factor is nudged down until the stored result meets that.
 
 Arrays are NumPy ``ndarray`` or ``torch.Tensor`` of a floating dtype, any shape (the norm is over
 all entries); results keep the input's type, dtype, shape and (for tensors) device.
@@ -38,6 +39,8 @@ __all__ = [
 ArrayT = TypeVar("ArrayT")
 KeyT = TypeVar("KeyT")
 
+# Clipped updates land this far (relative) inside the sphere; see the module docstring.
+_INSIDE_MARGIN = 2.0**-32
 # Each retry shrinks the factor by four ULPs of the coarsest dtype involved; one or two passes
 # suffice in practice and the cap only guards against a logic error.
 _MAX_SHRINK_STEPS = 64
@@ -126,11 +129,12 @@ def _copy(update: Any) -> Any:
 
 def _scale_to_bound(parts: list[Any], norm: float, clip_norm: float) -> list[Any]:
     """Scale every part by one common factor so that the stored parts' joint norm is <= clip_norm."""
-    factor = clip_norm / norm
+    target = clip_norm * (1.0 - _INSIDE_MARGIN)
+    factor = target / norm
     shrink = 1.0 - 4.0 * max(_machine_epsilon(part) for part in parts)
     for _ in range(_MAX_SHRINK_STEPS):
         scaled = [_scaled(part, factor) for part in parts]
-        if math.sqrt(sum(_squared_norm(part) for part in scaled)) <= clip_norm:
+        if math.sqrt(sum(_squared_norm(part) for part in scaled)) <= target:
             return scaled
         # Rounding to the storage dtype pushed the norm just above C: shrink and retry.
         factor *= shrink
@@ -146,7 +150,7 @@ def clip_l2(update: ArrayT, clip_norm: float) -> tuple[ArrayT, float]:
 
     Returns:
         ``(clipped, norm)``: a new array of the same type, dtype and shape with ‖clipped‖₂ <= C
-        (as stored, computed in float64), and the pre-clip norm ‖u‖₂ as a Python float. An update
+        (as stored; a clipped update lies within a relative 2⁻³² of C), and the pre-clip norm ‖u‖₂ as a Python float. An update
         already within the bound is returned as an unchanged copy, so clipping is idempotent.
 
     Raises:

@@ -43,7 +43,7 @@ def test_clipped_norm_never_exceeds_the_bound_as_stored(update, clip_norm):
     assert norm == pytest.approx(norm64(update), rel=1e-12, abs=0.0)
     if norm > clip_norm:
         # Clipping lands on the sphere (up to the storage dtype's rounding) and keeps direction.
-        tolerance = 1e-5 if update.dtype == np.float32 else 1e-12
+        tolerance = 1e-5 if update.dtype == np.float32 else 1e-9
         assert norm64(clipped) == pytest.approx(clip_norm, rel=tolerance)
         expected = update.astype(np.float64) * (clip_norm / norm)
         np.testing.assert_allclose(clipped, expected, rtol=tolerance, atol=tolerance * clip_norm)
@@ -63,7 +63,8 @@ def test_clipping_is_idempotent(update, clip_norm):
 def test_known_vector_is_scaled_to_the_sphere():
     clipped, norm = clip_l2(np.array([3.0, 4.0]), 1.0)
     assert norm == 5.0
-    np.testing.assert_allclose(clipped, [0.6, 0.8], rtol=1e-15)
+    np.testing.assert_allclose(clipped, [0.6, 0.8], rtol=1e-9)
+    assert 1.0 - 1e-9 < np.linalg.norm(clipped) <= 1.0
 
 
 def test_update_inside_the_ball_is_returned_as_an_unchanged_copy():
@@ -87,7 +88,7 @@ def test_multidimensional_update_is_clipped_on_all_entries():
     clipped, norm = clip_l2(update, 1.0)
     assert norm == pytest.approx(math.sqrt(48.0))
     assert clipped.shape == (4, 3)
-    assert norm64(clipped) == pytest.approx(1.0, rel=1e-12)
+    assert norm64(clipped) == pytest.approx(1.0, rel=1e-9)
 
 
 def test_float32_rounding_cannot_push_the_norm_over_the_bound():
@@ -169,13 +170,13 @@ def test_per_group_clipping_bounds_each_group_and_the_concatenation(sizes, scale
         if norms[key] <= clip_norms[key]:
             np.testing.assert_array_equal(clipped[key], groups[key])
     joint = norm64(np.concatenate([clipped[key] for key in groups]).astype(np.float64))
-    assert joint <= per_group_sensitivity(clip_norms) * (1 + 1e-12)
+    assert joint <= per_group_sensitivity(clip_norms)
 
 
 def test_per_group_clipping_treats_groups_independently():
     groups = {"big": np.array([30.0, 40.0]), "small": np.array([0.3, 0.4])}
     clipped, norms = clip_l2_groups(groups, 1.0)
-    np.testing.assert_allclose(clipped["big"], [0.6, 0.8], rtol=1e-15)
+    np.testing.assert_allclose(clipped["big"], [0.6, 0.8], rtol=1e-9)
     np.testing.assert_array_equal(clipped["small"], groups["small"])  # not shrunk by its neighbour
     assert norms == {"big": 50.0, "small": pytest.approx(0.5)}
 
@@ -184,8 +185,8 @@ def test_joint_clipping_scales_all_groups_by_one_factor():
     groups = {0: np.array([3.0, 0.0]), 1: np.array([0.0, 4.0]), "head": np.array([0.0])}
     clipped, norm = clip_l2_joint(groups, 1.0)
     assert norm == 5.0
-    np.testing.assert_allclose(clipped[0], [0.6, 0.0], rtol=1e-15)
-    np.testing.assert_allclose(clipped[1], [0.0, 0.8], rtol=1e-15)
+    np.testing.assert_allclose(clipped[0], [0.6, 0.0], rtol=1e-9)
+    np.testing.assert_allclose(clipped[1], [0.0, 0.8], rtol=1e-9)
     np.testing.assert_array_equal(clipped["head"], [0.0])
 
 
