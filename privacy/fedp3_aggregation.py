@@ -176,7 +176,8 @@ def group_denominators(
         assignment: the round's public group assignment.
         weighting: ``"mean"`` (the denominator is the sender count) or ``"layers"``.
         survivors: ``None`` (every assigned sender made it), one set of surviving client ids for
-            the whole round, or group index -> survivors of that group's own secure sum.
+            the whole round, or group index -> survivors of that group's own secure sum (a group
+            missing from the mapping had no surviving sender).
 
     Returns:
         group index -> denominator, only for groups with at least one surviving sender.
