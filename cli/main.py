@@ -13,7 +13,9 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 # name -> "module:attribute". Each module holds one click command or group.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "db": "cli.db:db",
+}
 
 # Each package's error base. The CLI prints their message as one line and exits 2.
 _ERROR_BASES = (

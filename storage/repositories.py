@@ -1,0 +1,1151 @@
+"""The repository: the one typed API through which the coordinator, unlearning and the CLI read
+and write a run. No SQL lives outside ``storage/``.
+
+Every write method is one transaction and appends its own audit-log entry inside it, so the audit
+log never says something happened that did not, nor misses something that did. ``commit_round``
+writes a whole round (round row, aggregates, checkpoint, sealed records, ledger entries, audit
+entry) or nothing. Reads return frozen dataclasses from ``storage.entities``, never ORM objects.
+
+Concurrency: on SQLite every write transaction holds the database write lock from its first
+statement (``BEGIN IMMEDIATE``); on PostgreSQL writes lock the run's row first, so the hash chains
+of one run are always extended by one writer at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Text, cast, delete, func, insert, literal, select, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from storage.audit import (
+    ChainHead,
+    ChainVerification,
+    audit_content,
+    ledger_content,
+    verify_audit_chains,
+    verify_ledger_chains,
+)
+from storage.canonical import GENESIS_HASH, canonical_json, chain_hash
+from storage.codecs import decode_array, read_header
+from storage.deletion import check_transition
+from storage.engine import Database, open_database
+from storage.entities import (
+    AggregateRead,
+    AuditEntry,
+    CheckpointInfo,
+    CheckpointWrite,
+    ClientInfo,
+    DeletionRequestInfo,
+    LedgerEntryRead,
+    LedgerEntryWrite,
+    LoadedCheckpoint,
+    RoundInfo,
+    RoundWrite,
+    RunInfo,
+    SealedRecordRead,
+    ShredResult,
+    StorageUsage,
+    TableUsage,
+)
+from storage.errors import (
+    ClientDeletedError,
+    ClientNotFoundError,
+    ConflictError,
+    CorruptBlobError,
+    DatabaseOperationalError,
+    DeletionRequestNotFoundError,
+    DuplicateError,
+    RoundNotFoundError,
+    RoundOrderError,
+    RunNotFoundError,
+    StorageValueError,
+)
+from storage.schema import (
+    RUN_STATUSES,
+    Aggregate,
+    AuditHead,
+    AuditLogEntry,
+    Base,
+    Checkpoint,
+    CheckpointTensor,
+    Client,
+    DeletionRequest,
+    LedgerEntry,
+    Round,
+    Run,
+    SealedRecord,
+)
+from storage.validation import (
+    check_bytes,
+    check_choice,
+    check_float,
+    check_int,
+    check_json_object,
+    check_text,
+    check_time,
+    from_db_time,
+    utc_now,
+)
+
+_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+SHA256_BYTES = 32
+PUBLIC_KEY_BYTES = 32
+
+
+@dataclass(frozen=True)
+class ClientEnrolment:
+    """What the server stores about a client at enrolment.
+
+    ``identity_public_key``: the client's raw Ed25519 public key (32 B). ``history_commitment``:
+    SHA-256 commitment to its history secret (32 B; ALGORITHMS.md 6.4). ``epsilon_budget`` and
+    ``delta``: its privacy budget (ε > 0 at δ in [0, 1)).
+    """
+
+    client_id: int
+    identity_public_key: bytes
+    history_commitment: bytes
+    epsilon_budget: float
+    delta: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "client_id", check_int(self.client_id, "client_id"))
+        object.__setattr__(
+            self, "identity_public_key", check_bytes(self.identity_public_key, "identity_public_key", length=PUBLIC_KEY_BYTES)
+        )
+        object.__setattr__(
+            self, "history_commitment", check_bytes(self.history_commitment, "history_commitment", length=SHA256_BYTES)
+        )
+        object.__setattr__(self, "epsilon_budget", check_float(self.epsilon_budget, "epsilon_budget", positive=True))
+        object.__setattr__(self, "delta", check_float(self.delta, "delta", minimum=0.0, below=1.0))
+
+
+class Repository:
+    """Typed access to everything fedvault stores. Create with ``Repository(open_database(...))``
+    or ``Repository.open(path_or_url)``; close with :meth:`close` or a ``with`` block."""
+
+    def __init__(self, database: Database) -> None:
+        if not isinstance(database, Database):
+            raise StorageValueError(f"Repository needs a Database (storage.open_database), got {type(database).__name__}")
+        self.database = database
+
+    @classmethod
+    def open(cls, url_or_path: str | os.PathLike[str] | None = None, **options: Any) -> Repository:
+        """``Repository(open_database(url_or_path, **options))``."""
+        return cls(open_database(url_or_path, **options))
+
+    def close(self) -> None:
+        self.database.dispose()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- transactions ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        try:
+            with self.database.transaction() as session:
+                yield session
+        except sa_exc.IntegrityError as error:
+            raise ConflictError(f"the database refused the write: {_reason(error)}") from None
+        except sa_exc.OperationalError as error:
+            raise DatabaseOperationalError(f"database operation failed, nothing was written: {_reason(error)}") from None
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        try:
+            with self.database.reading() as session:
+                yield session
+        except sa_exc.OperationalError as error:
+            raise DatabaseOperationalError(f"database read failed: {_reason(error)}") from None
+
+    # --- runs ------------------------------------------------------------------------------------
+
+    def create_run(self, config: Mapping[str, Any], *, name: str | None = None) -> RunInfo:
+        """Start a run with its configuration (a JSON object); status ``running``."""
+        config = check_json_object(config, "run config")
+        if name is not None:
+            check_text(name, "run name", max_length=200)
+        now = utc_now()
+        with self._write() as session:
+            run = Run(name=name, config=dict(config), status="running", created_at=now, updated_at=now)
+            session.add(run)
+            session.flush()
+            _append_audit(session, run.id, "run.created", {"name": name, "config_sha256": _json_digest(config)}, now=now)
+            return _run_info(run)
+
+    def get_run(self, run_id: int) -> RunInfo:
+        with self._read() as session:
+            return _run_info(_get_run(session, run_id))
+
+    def list_runs(self) -> list[RunInfo]:
+        with self._read() as session:
+            return [_run_info(run) for run in session.execute(select(Run).order_by(Run.id)).scalars()]
+
+    def set_run_status(self, run_id: int, status: str) -> RunInfo:
+        """Mark a run running, completed or failed (audited)."""
+        check_choice(status, "run status", RUN_STATUSES)
+        now = utc_now()
+        with self._write() as session:
+            run = _lock_run(session, run_id)
+            if run.status != status:
+                previous, run.status, run.updated_at = run.status, status, now
+                _append_audit(session, run.id, "run.status", {"from": previous, "to": status}, now=now)
+            return _run_info(run)
+
+    # --- clients ---------------------------------------------------------------------------------
+
+    def enrol_clients(self, run_id: int, enrolments: Sequence[ClientEnrolment]) -> list[ClientInfo]:
+        """Enrol several clients in one transaction (DuplicateError if any is already enrolled)."""
+        enrolments = tuple(enrolments)
+        if not enrolments or not all(isinstance(e, ClientEnrolment) for e in enrolments):
+            raise StorageValueError("enrolments must be a non-empty sequence of ClientEnrolment")
+        ids = [e.client_id for e in enrolments]
+        if len(set(ids)) != len(ids):
+            raise StorageValueError("a client id appears twice among the enrolments")
+        now = utc_now()
+        with self._write() as session:
+            _lock_run(session, run_id)
+            existing = set(
+                session.execute(select(Client.client_id).where(Client.run_id == run_id, Client.client_id.in_(ids))).scalars()
+            )
+            if existing:
+                raise DuplicateError(f"clients {sorted(existing)} are already enrolled in run {run_id}")
+            clients = []
+            for enrolment in enrolments:
+                client = Client(
+                    run_id=run_id,
+                    client_id=enrolment.client_id,
+                    identity_public_key=enrolment.identity_public_key,
+                    history_commitment=enrolment.history_commitment,
+                    enrolled_at=now,
+                    status="active",
+                    deleted_at=None,
+                    epsilon_budget=enrolment.epsilon_budget,
+                    delta=enrolment.delta,
+                )
+                session.add(client)
+                clients.append(client)
+                _append_audit(
+                    session,
+                    run_id,
+                    "client.enrolled",
+                    {
+                        "identity_key_sha256": hashlib.sha256(enrolment.identity_public_key).hexdigest(),
+                        "history_commitment": enrolment.history_commitment.hex(),
+                        "epsilon_budget": enrolment.epsilon_budget,
+                        "delta": enrolment.delta,
+                    },
+                    client_id=enrolment.client_id,
+                    now=now,
+                )
+            return [_client_info(client) for client in clients]
+
+    def enrol_client(
+        self,
+        run_id: int,
+        client_id: int,
+        *,
+        identity_public_key: bytes,
+        history_commitment: bytes,
+        epsilon_budget: float,
+        delta: float,
+    ) -> ClientInfo:
+        """Enrol one client (see ClientEnrolment for the fields)."""
+        enrolment = ClientEnrolment(client_id, identity_public_key, history_commitment, epsilon_budget, delta)
+        return self.enrol_clients(run_id, [enrolment])[0]
+
+    def get_client(self, run_id: int, client_id: int) -> ClientInfo:
+        with self._read() as session:
+            return _client_info(_get_client(session, run_id, client_id))
+
+    def list_clients(self, run_id: int, *, status: str | None = None) -> list[ClientInfo]:
+        """The run's clients by id, optionally only ``active`` or ``deleted`` ones."""
+        statement = select(Client).where(Client.run_id == run_id).order_by(Client.client_id)
+        if status is not None:
+            check_choice(status, "client status", ("active", "deleted"))
+            statement = statement.where(Client.status == status)
+        with self._read() as session:
+            _get_run(session, run_id)
+            return [_client_info(client) for client in session.execute(statement).scalars()]
+
+    def mark_client_deleted(self, run_id: int, client_id: int) -> ClientInfo:
+        """Mark a client deleted: later rounds, records and charges for it are refused. Idempotent."""
+        now = utc_now()
+        with self._write() as session:
+            _lock_run(session, run_id)
+            client = _get_client(session, run_id, client_id)
+            _delete_client(session, client, now)
+            return _client_info(client)
+
+    # --- rounds ----------------------------------------------------------------------------------
+
+    def commit_round(self, run_id: int, write: RoundWrite) -> RoundInfo:
+        """Persist a whole round in ONE transaction: the round row, its aggregates, an optional
+        checkpoint, the sealed records, the ledger entries and a ``round.committed`` audit entry
+        that records the SHA-256 of every blob. All or nothing.
+
+        Raises RoundOrderError unless ``write.round_index`` is ``last_committed_round + 1`` (0 for
+        the first), ClientNotFoundError / ClientDeletedError if the cohort names a client that is
+        not enrolled or was deleted, and ConflictError if the run is not ``running``.
+        """
+        if not isinstance(write, RoundWrite):
+            raise StorageValueError(f"commit_round needs a RoundWrite, got {type(write).__name__}")
+        now = utc_now()
+        with self._write() as session:
+            run = _lock_run(session, run_id)
+            if run.status != "running":
+                raise ConflictError(f"run {run_id} is {run.status}; set it running before committing rounds")
+            last = _last_round(session, run_id)
+            expected = 0 if last is None else last + 1
+            if write.round_index != expected:
+                kind = DuplicateError if last is not None and write.round_index <= last else RoundOrderError
+                raise kind(
+                    f"run {run_id}: round {write.round_index} cannot be committed; the next round is {expected}"
+                )
+            _require_active(session, run_id, write.cohort)
+            round_row = _round_row(run_id, write, now)
+            session.add(round_row)
+            session.flush()
+            for aggregate in write.aggregates:
+                session.add(
+                    Aggregate(
+                        run_id=run_id,
+                        round_index=write.round_index,
+                        name=aggregate.name,
+                        kind=aggregate.kind,
+                        codec=aggregate.codec,
+                        element_count=aggregate.element_count,
+                        byte_size=len(aggregate.blob),
+                        sha256=aggregate.sha256,
+                        blob=aggregate.blob,
+                    )
+                )
+            checkpoint_summary = None
+            if write.checkpoint is not None:
+                checkpoint = _insert_checkpoint(session, run_id, write.checkpoint, write.round_index, now)
+                checkpoint_summary = {"model_version": checkpoint.model_version, "sha256": checkpoint.sha256}
+            record_digests = []
+            if write.sealed_records:
+                rows = []
+                for record in write.sealed_records:
+                    rows.append(
+                        {
+                            "run_id": run_id,
+                            "round_index": write.round_index,
+                            "client_id": record.client_id,
+                            "ciphertext": record.ciphertext,
+                            "record_size": len(record.ciphertext),
+                            "parameter_count": record.parameter_count,
+                            "record_metadata": dict(record.metadata),
+                            "created_at": now,
+                        }
+                    )
+                    record_digests.append([record.client_id, hashlib.sha256(record.ciphertext).hexdigest()])
+                session.execute(insert(SealedRecord), rows)
+            ledger_hashes = _insert_ledger_entries(session, run_id, write.ledger_entries, now)
+            payload = {
+                "status": write.status,
+                "stage": write.stage,
+                "cohort": list(write.cohort),
+                "survivors": list(write.survivors),
+                "dropouts": {stage: list(ids) for stage, ids in write.dropouts.items()},
+                "bytes_uploaded": write.bytes_uploaded,
+                "aggregates": [
+                    {"name": a.name, "kind": a.kind, "codec": a.codec, "elements": a.element_count,
+                     "bytes": len(a.blob), "sha256": a.sha256}
+                    for a in write.aggregates
+                ],
+                "checkpoint": checkpoint_summary,
+                "sealed_records": {"count": len(record_digests), "sha256": _json_digest(sorted(record_digests))},
+                "ledger_entries": {"count": len(ledger_hashes), "sha256": _json_digest(ledger_hashes)},
+                "details": dict(write.audit_details),
+            }
+            _append_audit(session, run_id, "round.committed", payload, round_index=write.round_index, now=now)
+            return _round_info(round_row)
+
+    def last_committed_round(self, run_id: int) -> int | None:
+        """The index of the newest committed round (completed or aborted), None before round 0."""
+        with self._read() as session:
+            _get_run(session, run_id)
+            return _last_round(session, run_id)
+
+    def next_round_index(self, run_id: int) -> int:
+        """``last_committed_round + 1``, or 0: the round a (resumed) coordinator runs next."""
+        last = self.last_committed_round(run_id)
+        return 0 if last is None else last + 1
+
+    def get_round(self, run_id: int, round_index: int) -> RoundInfo:
+        with self._read() as session:
+            row = session.get(Round, (run_id, round_index))
+            if row is None:
+                _get_run(session, run_id)
+                raise RoundNotFoundError(f"run {run_id} has no committed round {round_index}")
+            return _round_info(row)
+
+    def list_rounds(self, run_id: int) -> list[RoundInfo]:
+        """Every committed round of the run, in order."""
+        with self._read() as session:
+            _get_run(session, run_id)
+            rows = session.execute(select(Round).where(Round.run_id == run_id).order_by(Round.round_index)).scalars()
+            return [_round_info(row) for row in rows]
+
+    def load_aggregates(self, run_id: int, round_index: int) -> dict[str, AggregateRead]:
+        """A round's aggregates by name, decoded (CorruptBlobError if a blob is damaged)."""
+        with self._read() as session:
+            if session.get(Round, (run_id, round_index)) is None:
+                _get_run(session, run_id)
+                raise RoundNotFoundError(f"run {run_id} has no committed round {round_index}")
+            rows = session.execute(
+                select(Aggregate).where(Aggregate.run_id == run_id, Aggregate.round_index == round_index).order_by(Aggregate.name)
+            ).scalars()
+            return {row.name: _aggregate_read(row) for row in rows}
+
+    def iter_aggregates(self, run_id: int, name: str = "update", *, batch_size: int = 16) -> Iterator[AggregateRead]:
+        """Stream one named aggregate over all rounds in round order (a few blobs in memory)."""
+        check_int(batch_size, "batch_size", minimum=1)
+        with self._read() as session:
+            _get_run(session, run_id)
+            statement = (
+                select(Aggregate)
+                .where(Aggregate.run_id == run_id, Aggregate.name == name)
+                .order_by(Aggregate.round_index)
+                .execution_options(yield_per=batch_size)
+            )
+            for row in session.execute(statement).scalars():
+                yield _aggregate_read(row)
+                session.expunge(row)
+
+    # --- checkpoints -----------------------------------------------------------------------------
+
+    def save_checkpoint(
+        self, run_id: int, write: CheckpointWrite, *, unlearned_request_id: int | None = None
+    ) -> CheckpointInfo:
+        """Store a model version outside a round (the initial model, or an unlearned one).
+
+        ``write.round_index`` is required (-1 for the initial model; otherwise a committed round).
+        With ``unlearned_request_id`` the deletion request moves ``opened -> unlearned`` in the same
+        transaction, so a crash never leaves a new model without its request's state, or the
+        reverse.
+        """
+        if not isinstance(write, CheckpointWrite):
+            raise StorageValueError(f"save_checkpoint needs a CheckpointWrite, got {type(write).__name__}")
+        if write.round_index is None:
+            raise StorageValueError("a checkpoint saved outside a round needs round_index (-1 for the initial model)")
+        now = utc_now()
+        with self._write() as session:
+            _lock_run(session, run_id)
+            if write.round_index >= 0 and session.get(Round, (run_id, write.round_index)) is None:
+                raise RoundNotFoundError(f"run {run_id} has no committed round {write.round_index} to checkpoint")
+            if unlearned_request_id is not None:
+                request = _get_request(session, unlearned_request_id)
+                if request.run_id != run_id:
+                    raise StorageValueError(f"deletion request {unlearned_request_id} belongs to run {request.run_id}")
+            checkpoint = _insert_checkpoint(session, run_id, write, write.round_index, now)
+            _append_audit(
+                session,
+                run_id,
+                "checkpoint.saved",
+                {"model_version": checkpoint.model_version, "source": write.source, "sha256": write.sha256,
+                 "bytes": write.byte_size, "parameters": write.parameter_count, "details": dict(write.details)},
+                round_index=write.round_index if write.round_index >= 0 else None,
+                now=now,
+            )
+            if unlearned_request_id is not None:
+                _transition(session, request, "unlearned", reason=None,
+                            details={"model_version": checkpoint.model_version}, now=now)
+            return _checkpoint_info(checkpoint)
+
+    def load_checkpoint(self, run_id: int, round_index: int | None = None) -> LoadedCheckpoint | None:
+        """The newest model at or before ``round_index`` (newest overall when None): the highest
+        round, then the highest model version. None when there is no such checkpoint."""
+        statement = select(Checkpoint).where(Checkpoint.run_id == run_id)
+        if round_index is not None:
+            statement = statement.where(Checkpoint.round_index <= check_int(round_index, "round_index", minimum=-1))
+        statement = statement.order_by(Checkpoint.round_index.desc(), Checkpoint.model_version.desc()).limit(1)
+        with self._read() as session:
+            _get_run(session, run_id)
+            checkpoint = session.execute(statement).scalar_one_or_none()
+            if checkpoint is None:
+                return None
+            tensors = session.execute(
+                select(CheckpointTensor.name, CheckpointTensor.blob)
+                .where(CheckpointTensor.checkpoint_id == checkpoint.id)
+                .order_by(CheckpointTensor.position)
+            ).all()
+            return LoadedCheckpoint(
+                info=_checkpoint_info(checkpoint), tensors={name: decode_array(blob) for name, blob in tensors}
+            )
+
+    def list_checkpoints(self, run_id: int) -> list[CheckpointInfo]:
+        with self._read() as session:
+            _get_run(session, run_id)
+            rows = session.execute(
+                select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.model_version)
+            ).scalars()
+            return [_checkpoint_info(row) for row in rows]
+
+    def drop_old_checkpoints(self, run_id: int, keep_last: int) -> int:
+        """Delete all but the newest ``keep_last`` (>= 1) model versions, in one transaction.
+        Returns how many were dropped (audited with their versions)."""
+        keep_last = check_int(keep_last, "keep_last", minimum=1)
+        now = utc_now()
+        with self._write() as session:
+            _lock_run(session, run_id)
+            versions = list(
+                session.execute(
+                    select(Checkpoint.id, Checkpoint.model_version)
+                    .where(Checkpoint.run_id == run_id)
+                    .order_by(Checkpoint.model_version.desc())
+                ).all()
+            )
+            doomed = versions[keep_last:]
+            if not doomed:
+                return 0
+            ids = [row.id for row in doomed]
+            session.execute(delete(CheckpointTensor).where(CheckpointTensor.checkpoint_id.in_(ids)))
+            session.execute(delete(Checkpoint).where(Checkpoint.id.in_(ids)))
+            _append_audit(
+                session, run_id, "checkpoints.dropped",
+                {"model_versions": sorted(row.model_version for row in doomed), "kept": keep_last}, now=now,
+            )
+            return len(doomed)
+
+    # --- sealed history records ------------------------------------------------------------------
+
+    def iter_sealed_records(self, run_id: int, client_id: int, *, batch_size: int = 64) -> Iterator[SealedRecordRead]:
+        """Stream one client's sealed records in round order, ``batch_size`` rows at a time, so
+        memory stays O(record size) however long the history (the unlearning pass needs this)."""
+        check_int(batch_size, "batch_size", minimum=1)
+        with self._read() as session:
+            _get_client(session, run_id, client_id)
+            statement = (
+                select(SealedRecord)
+                .where(SealedRecord.run_id == run_id, SealedRecord.client_id == client_id)
+                .order_by(SealedRecord.round_index)
+                .execution_options(yield_per=batch_size)
+            )
+            for row in session.execute(statement).scalars():
+                yield _record_read(row)
+                session.expunge(row)
+
+    def count_sealed_records(self, run_id: int, client_id: int | None = None) -> int:
+        statement = select(func.count()).select_from(SealedRecord).where(SealedRecord.run_id == run_id)
+        if client_id is not None:
+            statement = statement.where(SealedRecord.client_id == client_id)
+        with self._read() as session:
+            _get_run(session, run_id)
+            return int(session.execute(statement).scalar_one())
+
+    def shred_client_records(self, run_id: int, client_id: int, *, request_id: int | None = None) -> ShredResult:
+        """Destroy every sealed record of a client, in one transaction (crypto-shredding: the
+        server never held the key, and the ciphertexts are now gone too).
+
+        With ``request_id`` the same transaction marks the client deleted and moves the deletion
+        request ``unlearned -> shredded``. On SQLite the deleted pages are zeroed
+        (``secure_delete``) and the write-ahead log is checkpointed and truncated afterwards.
+        """
+        now = utc_now()
+        with self._write() as session:
+            _lock_run(session, run_id)
+            client = _get_client(session, run_id, client_id)
+            request = None
+            if request_id is not None:
+                request = _get_request(session, request_id)
+                if (request.run_id, request.client_id) != (run_id, client_id):
+                    raise StorageValueError(f"deletion request {request_id} is not for run {run_id} client {client_id}")
+                check_transition(request.state, "shredded", reason=None)
+            count, size = session.execute(
+                select(func.count(), func.coalesce(func.sum(SealedRecord.record_size), 0)).where(
+                    SealedRecord.run_id == run_id, SealedRecord.client_id == client_id
+                )
+            ).one()
+            session.execute(delete(SealedRecord).where(SealedRecord.run_id == run_id, SealedRecord.client_id == client_id))
+            _append_audit(
+                session, run_id, "records.shredded",
+                {"records": int(count), "bytes": int(size), "request_id": request_id},
+                client_id=client_id, now=now,
+            )
+            if request is not None:
+                _delete_client(session, client, now)
+                _transition(session, request, "shredded", reason=None, details={"records": int(count)}, now=now)
+        return ShredResult(run_id, client_id, int(count), int(size), self._checkpoint_wal())
+
+    def _checkpoint_wal(self) -> bool:
+        if self.database.dialect != "sqlite":
+            return True
+        raw = self.database.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            cursor.close()
+            return busy == 0
+        finally:
+            raw.close()
+
+    # --- privacy ledger --------------------------------------------------------------------------
+
+    def append_ledger_entries(self, run_id: int, entries: Sequence[LedgerEntryWrite]) -> list[LedgerEntryRead]:
+        """Record privacy charges outside a round commit (e.g. charged before an upload whose
+        round then aborted), extending each client's hash chain; one transaction, audited."""
+        entries = tuple(entries)
+        if not entries or not all(isinstance(e, LedgerEntryWrite) for e in entries):
+            raise StorageValueError("entries must be a non-empty sequence of LedgerEntryWrite")
+        now = utc_now()
+        with self._write() as session:
+            _lock_run(session, run_id)
+            _require_active(session, run_id, sorted({e.client_id for e in entries}))
+            rows = _insert_ledger_rows(session, run_id, entries, now)
+            _append_audit(
+                session, run_id, "ledger.charged",
+                {"count": len(rows), "sha256": _json_digest([row.entry_hash for row in rows])}, now=now,
+            )
+            return [_ledger_read(row) for row in rows]
+
+    def ledger_entries(self, run_id: int, client_id: int | None = None) -> list[LedgerEntryRead]:
+        """The run's ledger entries in the order they were written (one client's if given)."""
+        statement = select(LedgerEntry).where(LedgerEntry.run_id == run_id).order_by(LedgerEntry.id)
+        if client_id is not None:
+            statement = statement.where(LedgerEntry.client_id == client_id)
+        with self._read() as session:
+            if client_id is None:
+                _get_run(session, run_id)
+            else:
+                _get_client(session, run_id, client_id)
+            return [_ledger_read(row) for row in session.execute(statement).scalars()]
+
+    def verify_ledger(self, run_id: int, client_id: int | None = None) -> ChainVerification:
+        """Verify the ledger hash chain of every client of the run (or one)."""
+        with self._read() as session:
+            _get_run(session, run_id)
+            return verify_ledger_chains(session, run_id, client_id)
+
+    # --- deletion requests -----------------------------------------------------------------------
+
+    def create_deletion_request(
+        self, run_id: int, client_id: int, *, details: Mapping[str, Any] | None = None
+    ) -> DeletionRequestInfo:
+        """Open a deletion request (state ``requested``), or return the client's request that is
+        still open: a repeated request resumes the first (idempotent). ClientDeletedError if the
+        client was already deleted."""
+        details = check_json_object(details or {}, "deletion request details")
+        now = utc_now()
+        with self._write() as session:
+            _lock_run(session, run_id)
+            client = _get_client(session, run_id, client_id)
+            open_request = _open_request(session, run_id, client_id)
+            if open_request is not None:
+                return _request_info(open_request)
+            if client.status == "deleted":
+                raise ClientDeletedError(f"client {client_id} of run {run_id} is already deleted")
+            request = DeletionRequest(
+                run_id=run_id, client_id=client_id, state="requested", reason=None,
+                details=dict(details), created_at=now, updated_at=now,
+            )
+            session.add(request)
+            session.flush()
+            _append_audit(
+                session, run_id, "deletion.requested", {"request_id": request.id, "details": dict(details)},
+                client_id=client_id, now=now,
+            )
+            return _request_info(request)
+
+    def transition_deletion_request(
+        self,
+        request_id: int,
+        state: str,
+        *,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> DeletionRequestInfo:
+        """Move a request along its state machine (``storage.deletion``); ``reason`` is required
+        for (and only for) ``failed``; ``details`` are merged into the request's details.
+        Moving to the current state is a no-op. InvalidTransitionError for any other edge."""
+        details = check_json_object(details or {}, "transition details")
+        now = utc_now()
+        with self._write() as session:
+            request = _get_request(session, request_id)
+            _lock_run(session, request.run_id)
+            session.refresh(request)
+            _transition(session, request, state, reason=reason, details=details, now=now)
+            return _request_info(request)
+
+    def get_deletion_request(self, request_id: int) -> DeletionRequestInfo:
+        with self._read() as session:
+            return _request_info(_get_request(session, request_id))
+
+    def open_deletion_request(self, run_id: int, client_id: int) -> DeletionRequestInfo | None:
+        """The client's request that is neither shredded nor failed, if any (to resume after a crash)."""
+        with self._read() as session:
+            _get_client(session, run_id, client_id)
+            request = _open_request(session, run_id, client_id)
+            return None if request is None else _request_info(request)
+
+    def list_deletion_requests(self, run_id: int, client_id: int | None = None) -> list[DeletionRequestInfo]:
+        statement = select(DeletionRequest).where(DeletionRequest.run_id == run_id).order_by(DeletionRequest.id)
+        if client_id is not None:
+            statement = statement.where(DeletionRequest.client_id == client_id)
+        with self._read() as session:
+            _get_run(session, run_id)
+            return [_request_info(row) for row in session.execute(statement).scalars()]
+
+    # --- audit log -------------------------------------------------------------------------------
+
+    def append_audit(
+        self,
+        run_id: int,
+        event: str,
+        payload: Mapping[str, Any],
+        *,
+        round_index: int | None = None,
+        client_id: int | None = None,
+    ) -> AuditEntry:
+        """Append one entry to the run's hash-chained audit log. ``event`` is a lower-case dotted
+        name (``unlearning.verified``); ``payload`` a JSON object."""
+        payload = check_json_object(payload, "audit payload")
+        now = utc_now()
+        with self._write() as session:
+            _lock_run(session, run_id)
+            row = _append_audit(session, run_id, event, payload, round_index=round_index, client_id=client_id, now=now)
+            return _audit_entry(row)
+
+    def audit_entries(self, run_id: int, *, event: str | None = None) -> list[AuditEntry]:
+        """The run's audit log in order (only one kind of event if given)."""
+        statement = select(AuditLogEntry).where(AuditLogEntry.run_id == run_id).order_by(AuditLogEntry.sequence)
+        if event is not None:
+            statement = statement.where(AuditLogEntry.event == event)
+        with self._read() as session:
+            _get_run(session, run_id)
+            return [_audit_entry(row) for row in session.execute(statement).scalars()]
+
+    def audit_head(self, run_id: int) -> ChainHead:
+        """The run's audit-log head: publish it elsewhere and pass it back as ``expected_head``."""
+        with self._read() as session:
+            _get_run(session, run_id)
+            head = session.get(AuditHead, run_id)
+            if head is None:
+                raise RunNotFoundError(f"run {run_id} has no audit log head")
+            return ChainHead(head.sequence, head.entry_hash)
+
+    def verify_audit_log(self, run_id: int | None = None, *, expected_head: ChainHead | None = None) -> ChainVerification:
+        """Verify the audit chain of one run (every run when None); names the first bad entry."""
+        with self._read() as session:
+            if run_id is not None:
+                _get_run(session, run_id)
+            return verify_audit_chains(session, run_id, expected_head=expected_head)
+
+    # --- usage -----------------------------------------------------------------------------------
+
+    def storage_usage(self, run_id: int) -> StorageUsage:
+        """Rows, payload bytes and (for model-sized tables) bits per parameter, per table, for
+        one run; ``database_bytes`` is the whole database's size on disk (all runs)."""
+        with self._read() as session:
+            run = _get_run(session, run_id)
+            tables = [
+                TableUsage("runs", 1, _json_length(session, Run.config, Run.id == run_id)),
+                _usage(session, "clients", Client, Client.run_id == run_id,
+                       func.length(Client.identity_public_key) + func.length(Client.history_commitment)),
+                _usage(session, "rounds", Round, Round.run_id == run_id, None,
+                       json_columns=(Round.cohort, Round.survivors, Round.dropouts, Round.client_weights, Round.parameters)),
+                _usage(session, "aggregates", Aggregate, Aggregate.run_id == run_id, Aggregate.byte_size,
+                       parameters=Aggregate.element_count),
+                _usage(session, "checkpoints", Checkpoint, Checkpoint.run_id == run_id, Checkpoint.byte_size,
+                       parameters=Checkpoint.parameter_count),
+                _usage(session, "sealed_records", SealedRecord, SealedRecord.run_id == run_id, SealedRecord.record_size,
+                       parameters=SealedRecord.parameter_count),
+                _usage(session, "ledger_entries", LedgerEntry, LedgerEntry.run_id == run_id, None,
+                       json_columns=(LedgerEntry.event,)),
+                _usage(session, "deletion_requests", DeletionRequest, DeletionRequest.run_id == run_id, None,
+                       json_columns=(DeletionRequest.details,)),
+                _usage(session, "audit_log", AuditLogEntry, AuditLogEntry.run_id == run_id, None,
+                       json_columns=(AuditLogEntry.payload,)),
+            ]
+            return StorageUsage(run.id, tuple(tables), _database_bytes(session))
+
+
+# --- helpers (inside a session) ------------------------------------------------------------------
+
+
+def _reason(error: sa_exc.DBAPIError) -> str:
+    return " ".join(str(error.orig if error.orig is not None else error).split())
+
+
+def _json_digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def _get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, check_int(run_id, "run_id", minimum=1))
+    if run is None:
+        raise RunNotFoundError(f"no run with id {run_id}")
+    return run
+
+
+def _lock_run(session: Session, run_id: int) -> Run:
+    """The run row, locked for the rest of the transaction (a no-op lock on SQLite, whose write
+    transactions already hold the database lock)."""
+    statement = select(Run).where(Run.id == check_int(run_id, "run_id", minimum=1)).with_for_update()
+    run = session.execute(statement).scalar_one_or_none()
+    if run is None:
+        raise RunNotFoundError(f"no run with id {run_id}")
+    return run
+
+
+def _get_client(session: Session, run_id: int, client_id: int) -> Client:
+    client = session.get(Client, (check_int(run_id, "run_id", minimum=1), check_int(client_id, "client_id")))
+    if client is None:
+        _get_run(session, run_id)
+        raise ClientNotFoundError(f"client {client_id} is not enrolled in run {run_id}")
+    return client
+
+
+def _require_active(session: Session, run_id: int, client_ids: Sequence[int]) -> None:
+    rows = dict(
+        session.execute(
+            select(Client.client_id, Client.status).where(Client.run_id == run_id, Client.client_id.in_(list(client_ids)))
+        ).all()
+    )
+    missing = sorted(set(client_ids) - set(rows))
+    if missing:
+        raise ClientNotFoundError(f"clients {missing} are not enrolled in run {run_id}")
+    deleted = sorted(client for client, status in rows.items() if status == "deleted")
+    if deleted:
+        raise ClientDeletedError(f"clients {deleted} of run {run_id} were deleted and are refused")
+
+
+def _delete_client(session: Session, client: Client, now) -> None:
+    if client.status == "deleted":
+        return
+    client.status, client.deleted_at = "deleted", now
+    _append_audit(session, client.run_id, "client.deleted", {}, client_id=client.client_id, now=now)
+
+
+def _last_round(session: Session, run_id: int) -> int | None:
+    return session.execute(select(func.max(Round.round_index)).where(Round.run_id == run_id)).scalar_one()
+
+
+def _round_row(run_id: int, write: RoundWrite, now) -> Round:
+    return Round(
+        run_id=run_id,
+        round_index=write.round_index,
+        status=write.status,
+        stage=write.stage,
+        cohort=list(write.cohort),
+        survivors=list(write.survivors),
+        dropouts={stage: list(ids) for stage, ids in write.dropouts.items()},
+        # JSON object keys are strings; read back as ints by _round_info.
+        client_weights={str(client): weight for client, weight in write.client_weights.items()},
+        parameters=dict(write.parameters),
+        bytes_uploaded=write.bytes_uploaded,
+        started_at=check_time(write.started_at, "started_at"),
+        finished_at=check_time(write.finished_at, "finished_at"),
+        committed_at=now,
+    )
+
+
+def _insert_checkpoint(session: Session, run_id: int, write: CheckpointWrite, round_index: int, now) -> Checkpoint:
+    latest = session.execute(select(func.max(Checkpoint.model_version)).where(Checkpoint.run_id == run_id)).scalar_one()
+    checkpoint = Checkpoint(
+        run_id=run_id,
+        round_index=round_index,
+        model_version=0 if latest is None else latest + 1,
+        source=write.source,
+        codec=write.codec,
+        parameter_count=write.parameter_count,
+        byte_size=write.byte_size,
+        sha256=write.sha256,
+        details=dict(write.details),
+        created_at=now,
+    )
+    session.add(checkpoint)
+    session.flush()
+    session.execute(
+        insert(CheckpointTensor),
+        [
+            {"checkpoint_id": checkpoint.id, "position": position, "name": name, "blob": blob}
+            for position, (name, blob) in enumerate(write.encoded)
+        ],
+    )
+    return checkpoint
+
+
+def _insert_ledger_rows(session: Session, run_id: int, entries: Sequence[LedgerEntryWrite], now) -> list[LedgerEntry]:
+    heads: dict[int, tuple[int, str]] = {}
+    rows = []
+    for entry in entries:
+        if entry.client_id not in heads:
+            last = session.execute(
+                select(LedgerEntry.sequence, LedgerEntry.entry_hash)
+                .where(LedgerEntry.run_id == run_id, LedgerEntry.client_id == entry.client_id)
+                .order_by(LedgerEntry.sequence.desc())
+                .limit(1)
+            ).one_or_none()
+            heads[entry.client_id] = (-1, GENESIS_HASH) if last is None else (last.sequence, last.entry_hash)
+        sequence, prev_hash = heads[entry.client_id]
+        row = LedgerEntry(
+            run_id=run_id,
+            client_id=entry.client_id,
+            sequence=sequence + 1,
+            round_index=entry.round_index,
+            stream=entry.stream,
+            event=dict(entry.event_json),
+            epsilon_after=entry.epsilon_after,
+            delta=entry.delta,
+            created_at=now,
+            prev_hash=prev_hash,
+        )
+        row.entry_hash = chain_hash(ledger_content(row), prev_hash)
+        heads[entry.client_id] = (row.sequence, row.entry_hash)
+        rows.append(row)
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def _insert_ledger_entries(session: Session, run_id: int, entries: Sequence[LedgerEntryWrite], now) -> list[str]:
+    if not entries:
+        return []
+    return [row.entry_hash for row in _insert_ledger_rows(session, run_id, entries, now)]
+
+
+def _append_audit(
+    session: Session,
+    run_id: int,
+    event: str,
+    payload: Mapping[str, Any],
+    *,
+    round_index: int | None = None,
+    client_id: int | None = None,
+    now,
+) -> AuditLogEntry:
+    if not (isinstance(event, str) and _EVENT_NAME.match(event)):
+        raise StorageValueError(f"audit event must be a lower-case dotted name like 'round.committed', got {event!r}")
+    if round_index is not None:
+        round_index = check_int(round_index, "audit round_index")
+    if client_id is not None:
+        client_id = check_int(client_id, "audit client_id")
+    head = session.execute(select(AuditHead).where(AuditHead.run_id == run_id).with_for_update()).scalar_one_or_none()
+    sequence, prev_hash = (0, GENESIS_HASH) if head is None else (head.sequence + 1, head.entry_hash)
+    row = AuditLogEntry(
+        run_id=run_id,
+        sequence=sequence,
+        event=event,
+        round_index=round_index,
+        client_id=client_id,
+        payload=dict(check_json_object(payload, "audit payload")),
+        created_at=now,
+        prev_hash=prev_hash,
+    )
+    row.entry_hash = chain_hash(audit_content(row), prev_hash)
+    session.add(row)
+    if head is None:
+        session.add(AuditHead(run_id=run_id, sequence=sequence, entry_hash=row.entry_hash))
+    else:
+        head.sequence, head.entry_hash = sequence, row.entry_hash
+    session.flush()
+    return row
+
+
+def _get_request(session: Session, request_id: int) -> DeletionRequest:
+    request = session.get(DeletionRequest, check_int(request_id, "request_id", minimum=1))
+    if request is None:
+        raise DeletionRequestNotFoundError(f"no deletion request with id {request_id}")
+    return request
+
+
+def _open_request(session: Session, run_id: int, client_id: int) -> DeletionRequest | None:
+    return session.execute(
+        select(DeletionRequest).where(
+            DeletionRequest.run_id == run_id,
+            DeletionRequest.client_id == client_id,
+            DeletionRequest.state.not_in(("shredded", "failed")),
+        )
+    ).scalar_one_or_none()
+
+
+def _transition(session: Session, request: DeletionRequest, state: str, *, reason, details, now) -> None:
+    if not check_transition(request.state, state, reason=reason):
+        return
+    previous = request.state
+    request.state, request.updated_at = state, now
+    if reason is not None:
+        request.reason = reason
+    if details:
+        request.details = {**request.details, **dict(details)}
+    _append_audit(
+        session, request.run_id, f"deletion.{state}",
+        {"request_id": request.id, "from": previous, "reason": reason, "details": dict(details)},
+        client_id=request.client_id, now=now,
+    )
+
+
+def _json_length(session: Session, column, condition) -> int:
+    value = session.execute(select(func.coalesce(func.sum(func.length(cast(column, Text))), 0)).where(condition)).scalar_one()
+    return int(value)
+
+
+def _usage(session: Session, name: str, model, condition, byte_column, *, json_columns=(), parameters=None) -> TableUsage:
+    columns = [func.count()]
+    size = None
+    if byte_column is not None:
+        size = func.coalesce(func.sum(byte_column), 0)
+    for column in json_columns:
+        part = func.coalesce(func.sum(func.length(cast(column, Text))), 0)
+        size = part if size is None else size + part
+    columns.append(size if size is not None else literal(0))
+    if parameters is not None:
+        columns.append(func.sum(parameters))
+    row = session.execute(select(*columns).select_from(model).where(condition)).one()
+    counted = None if parameters is None or row[2] is None else int(row[2])
+    return TableUsage(name, int(row[0]), int(row[1]), counted)
+
+
+def _database_bytes(session: Session) -> int | None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        page_count = session.execute(text("PRAGMA page_count")).scalar_one()
+        page_size = session.execute(text("PRAGMA page_size")).scalar_one()
+        return int(page_count) * int(page_size)
+    if dialect == "postgresql":
+        tables = list(Base.metadata.tables)
+        value = session.execute(
+            text(
+                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname = ANY(:tables)"
+            ),
+            {"tables": tables},
+        ).scalar_one()
+        return int(value)
+    return None
+
+
+# --- row -> value --------------------------------------------------------------------------------
+
+
+def _run_info(row: Run) -> RunInfo:
+    return RunInfo(row.id, row.name, dict(row.config), row.status, from_db_time(row.created_at), from_db_time(row.updated_at))
+
+
+def _client_info(row: Client) -> ClientInfo:
+    return ClientInfo(
+        run_id=row.run_id,
+        client_id=row.client_id,
+        identity_public_key=bytes(row.identity_public_key),
+        history_commitment=bytes(row.history_commitment),
+        enrolled_at=from_db_time(row.enrolled_at),
+        status=row.status,
+        deleted_at=from_db_time(row.deleted_at),
+        epsilon_budget=row.epsilon_budget,
+        delta=row.delta,
+    )
+
+
+def _round_info(row: Round) -> RoundInfo:
+    return RoundInfo(
+        run_id=row.run_id,
+        round_index=row.round_index,
+        status=row.status,
+        stage=row.stage,
+        cohort=tuple(row.cohort),
+        survivors=tuple(row.survivors),
+        dropouts={stage: tuple(ids) for stage, ids in row.dropouts.items()},
+        client_weights={int(client): float(weight) for client, weight in row.client_weights.items()},
+        parameters=dict(row.parameters),
+        bytes_uploaded=row.bytes_uploaded,
+        started_at=from_db_time(row.started_at),
+        finished_at=from_db_time(row.finished_at),
+        committed_at=from_db_time(row.committed_at),
+    )
+
+
+def _aggregate_read(row: Aggregate) -> AggregateRead:
+    blob = bytes(row.blob)
+    values = decode_array(blob)
+    header = read_header(blob)
+    if header.codec != row.codec or header.element_count != row.element_count:
+        raise CorruptBlobError(f"aggregate {row.name!r} of round {row.round_index}: blob header disagrees with its row")
+    return AggregateRead(row.run_id, row.round_index, row.name, row.kind, row.codec, values, row.byte_size, row.sha256)
+
+
+def _checkpoint_info(row: Checkpoint) -> CheckpointInfo:
+    return CheckpointInfo(
+        id=row.id,
+        run_id=row.run_id,
+        round_index=row.round_index,
+        model_version=row.model_version,
+        source=row.source,
+        codec=row.codec,
+        parameter_count=row.parameter_count,
+        byte_size=row.byte_size,
+        sha256=row.sha256,
+        details=dict(row.details),
+        created_at=from_db_time(row.created_at),
+    )
+
+
+def _record_read(row: SealedRecord) -> SealedRecordRead:
+    return SealedRecordRead(
+        run_id=row.run_id,
+        round_index=row.round_index,
+        client_id=row.client_id,
+        ciphertext=bytes(row.ciphertext),
+        record_size=row.record_size,
+        metadata=dict(row.record_metadata),
+        parameter_count=row.parameter_count,
+        created_at=from_db_time(row.created_at),
+    )
+
+
+def _ledger_read(row: LedgerEntry) -> LedgerEntryRead:
+    return LedgerEntryRead(
+        run_id=row.run_id,
+        client_id=row.client_id,
+        sequence=row.sequence,
+        round_index=row.round_index,
+        stream=row.stream,
+        event_json=dict(row.event),
+        epsilon_after=row.epsilon_after,
+        delta=row.delta,
+        created_at=from_db_time(row.created_at),
+        prev_hash=row.prev_hash,
+        entry_hash=row.entry_hash,
+    )
+
+
+def _request_info(row: DeletionRequest) -> DeletionRequestInfo:
+    return DeletionRequestInfo(
+        id=row.id,
+        run_id=row.run_id,
+        client_id=row.client_id,
+        state=row.state,
+        reason=row.reason,
+        details=dict(row.details),
+        created_at=from_db_time(row.created_at),
+        updated_at=from_db_time(row.updated_at),
+    )
+
+
+def _audit_entry(row: AuditLogEntry) -> AuditEntry:
+    return AuditEntry(
+        run_id=row.run_id,
+        sequence=row.sequence,
+        event=row.event,
+        round_index=row.round_index,
+        client_id=row.client_id,
+        payload=dict(row.payload),
+        created_at=from_db_time(row.created_at),
+        prev_hash=row.prev_hash,
+        entry_hash=row.entry_hash,
+    )
