@@ -110,23 +110,21 @@ class HararyGraph:
     ring: tuple[int, ...]
     degree_k: int
     _position: Mapping[int, int] = field(init=False, repr=False, compare=False)
-    _neighbours: Mapping[int, frozenset[int]] = field(init=False, repr=False, compare=False)
+    _offsets: frozenset[int] = field(init=False, repr=False, compare=False)
+    # Neighbour sets are built on first use: a client needs O(k) of the graph, not O(n k).
+    _neighbour_cache: dict[int, frozenset[int]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ring = _validate_ids(self.ring)
         object.__setattr__(self, "ring", ring)
         n = len(ring)
         k = _validate_degree(n, self.degree_k)
-        offsets = [o for step in range(1, k // 2 + 1) for o in (step, -step)]
+        offsets = {o % n for step in range(1, k // 2 + 1) for o in (step, -step)}
         if k % 2:
-            offsets.append(n // 2)
-        position = {client_id: index for index, client_id in enumerate(ring)}
-        neighbours = {
-            client_id: frozenset(ring[(index + o) % n] for o in offsets)
-            for index, client_id in enumerate(ring)
-        }
-        object.__setattr__(self, "_position", position)
-        object.__setattr__(self, "_neighbours", neighbours)
+            offsets.add(n // 2)
+        object.__setattr__(self, "_position", {client_id: index for index, client_id in enumerate(ring)})
+        object.__setattr__(self, "_offsets", frozenset(offsets))
+        object.__setattr__(self, "_neighbour_cache", {})
 
     @classmethod
     def build(cls, ids: Sequence[int], degree_k: int, permutation_seed: bytes) -> HararyGraph:
@@ -146,8 +144,13 @@ class HararyGraph:
 
     def neighbours(self, client_id: int) -> frozenset[int]:
         """The k neighbours of ``client_id`` (not including itself)."""
-        self._require_member(client_id)
-        return self._neighbours[client_id]
+        cached = self._neighbour_cache.get(client_id)
+        if cached is None:
+            self._require_member(client_id)
+            index, n = self._position[client_id], len(self.ring)
+            cached = frozenset(self.ring[(index + offset) % n] for offset in self._offsets)
+            self._neighbour_cache[client_id] = cached
+        return cached
 
     def holders(self, client_id: int) -> frozenset[int]:
         """The k + 1 clients that hold shares of ``client_id``'s secrets: itself and its neighbours."""
@@ -168,11 +171,12 @@ class HararyGraph:
         """
         self._require_member(owner)
         self._require_member(holder)
-        if holder != owner and holder not in self._neighbours[owner]:
+        offset = (self._position[holder] - self._position[owner]) % len(self.ring)
+        if offset and offset not in self._offsets:
             raise ConfigurationError(f"client {holder} holds no share of client {owner}")
         if self.is_complete:
             return self._position[holder] + 1
-        return (self._position[holder] - self._position[owner]) % len(self.ring) + 1
+        return offset + 1
 
 
 def harary_neighbours(
