@@ -376,6 +376,7 @@ class SecAggClient:
             iid=iid,
             round_index=round_index,
         )
+        masked.flags.writeable = False  # lets the message keep it without a defensive copy
         response = MaskedInputResponse(
             round_index, config.instance_nonce, me, config.bits, masked
         ).to_bytes()

@@ -45,10 +45,21 @@ def sample_messages():
         AdvertiseKeysResponse(ROUND, NONCE, 4, key(1), key(2), key(3, 64)),
         ShareKeysRequest(ROUND, NONCE, (KeyAdvertisement(1, key(4), key(5), key(6, 64)), advert)),
         ShareKeysResponse(ROUND, NONCE, 4, (EncryptedShare(1, key(7, SEALED_SHARE_LENGTH)),)),
-        MaskedInputRequest(ROUND, NONCE, 4, (EncryptedShare(1, key(8, SEALED_SHARE_LENGTH)), EncryptedShare(9, key(9, SEALED_SHARE_LENGTH)))),
+        MaskedInputRequest(
+            ROUND,
+            NONCE,
+            4,
+            (EncryptedShare(1, key(8, SEALED_SHARE_LENGTH)), EncryptedShare(9, key(9, SEALED_SHARE_LENGTH))),
+        ),
         MaskedInputResponse(ROUND, NONCE, 4, 12, np.array([0, 1, 4095, 17, 2048], dtype=np.uint32)),
         UnmaskRequest(ROUND, NONCE, 4, (1, 4), (9,)),
-        UnmaskResponse(ROUND, NONCE, 4, (RevealedShare(1, key(10, SHARE_LENGTH)), RevealedShare(4, key(11, SHARE_LENGTH))), (RevealedShare(9, key(12, SHARE_LENGTH)),)),
+        UnmaskResponse(
+            ROUND,
+            NONCE,
+            4,
+            (RevealedShare(1, key(10, SHARE_LENGTH)), RevealedShare(4, key(11, SHARE_LENGTH))),
+            (RevealedShare(9, key(12, SHARE_LENGTH)),),
+        ),
     ]
 
 
