@@ -238,6 +238,17 @@ class RecordChain:
     reconstruction: np.ndarray | None = None
     records_since_keyframe: int = 0
 
+    def __post_init__(self) -> None:
+        if (self.round_index is None) != (self.reconstruction is None):
+            raise UnlearningInputError("a chain has both a last round and its reconstruction, or neither")
+        if self.round_index is not None:
+            _check_round(self.round_index, "the chain's round_index")
+            if not isinstance(self.reconstruction, np.ndarray) or self.reconstruction.ndim != 1:
+                raise UnlearningInputError("the chain's reconstruction must be a 1-D numpy array")
+        count = self.records_since_keyframe
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise UnlearningInputError(f"records_since_keyframe must be an int >= 0, got {count!r}")
+
 
 @dataclass(frozen=True)
 class BuiltRecord:
@@ -593,18 +604,23 @@ def build_record(update: np.ndarray, *, history_secret: bytes, run_id: RunId, cl
     if chain.round_index is not None and chain.round_index >= round_index:
         raise UnlearningInputError(f"round {round_index} is not after the chain's last round {chain.round_index}")
     keyframe = chain.reconstruction is None or chain.records_since_keyframe + 1 >= config.keyframe_interval
-    reference = None if keyframe else chain.reconstruction
-    parent = None if keyframe else chain.round_index
     seed = dither_seed(history_secret, run_id, round_index, client_id)
-    plaintext = encode_record_plaintext(update, reference=reference, parent_round=parent, seed=seed,
-                                        config=config)
-    # Closed loop: the chain continues from exactly what the server will reconstruct.
-    reconstruction, header = decode_record_plaintext(plaintext, reference=reference, seed=seed, config=config)
-    if float(np.linalg.norm(reconstruction)) > config.max_norm:
-        raise RecordBudgetError(
-            f"the recorded update would decode to norm {np.linalg.norm(reconstruction):.6g} > "
-            f"clip_norm + norm_slack = {config.max_norm:.6g}; raise bits_per_entry or keep_fraction, "
-            "or norm_slack")
+    while True:
+        reference = None if keyframe else chain.reconstruction
+        plaintext = encode_record_plaintext(update, reference=reference,
+                                            parent_round=None if keyframe else chain.round_index,
+                                            seed=seed, config=config)
+        # Closed loop: the chain continues from exactly what the server will reconstruct.
+        reconstruction, header = decode_record_plaintext(plaintext, reference=reference, seed=seed,
+                                                         config=config)
+        norm = float(np.linalg.norm(reconstruction))
+        if norm <= config.max_norm:
+            break
+        if keyframe:
+            raise RecordBudgetError(
+                f"the recorded update would decode to norm {norm:.6g} > clip_norm + norm_slack = "
+                f"{config.max_norm:.6g}; raise bits_per_entry or keep_fraction, or norm_slack")
+        keyframe = True  # entries left unchanged from the parent pushed it out: restart the chain
     sealed = seal(record_key(history_secret, run_id, round_index, client_id), plaintext,
                   record_associated_data(run_id, round_index, client_id))
     record = _opened(round_index, reconstruction, header, config)

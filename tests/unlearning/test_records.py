@@ -13,6 +13,7 @@ from unlearning.errors import (
     MalformedRecordError,
     RecordAuthenticationError,
     RecordBoundError,
+    RecordBudgetError,
     UnlearningConfigurationError,
     UnlearningError,
     UnlearningInputError,
@@ -285,6 +286,20 @@ def test_the_client_refuses_to_record_an_unclipped_update(secret, config):
     with pytest.raises(UnlearningInputError, match="clip"):
         build_record(np.full(D, 1.0), history_secret=secret, run_id=RUN, client_id=CLIENT, round_index=0,
                      config=config)
+
+
+def test_a_client_refuses_a_record_the_server_would_reject():
+    # No slack: the dither error e (about 0.17 relative at R = 3, nearly orthogonal to the update
+    # when d = 3000) makes ‖Δ + e‖² ≈ 1 + 0.03 > 1 = C², a 5-sigma margin.
+    config = RecordConfig(dimension=3000, clip_norm=1.0, norm_slack=0.0, bits_per_entry=3.0)
+    with pytest.raises(RecordBudgetError, match="bits_per_entry"):
+        build_record(next(_updates(1, dimension=3000)), history_secret=bytes(32), run_id=RUN,
+                     client_id=CLIENT, round_index=0, config=config)
+
+
+def test_an_inconsistent_chain_is_refused():
+    with pytest.raises(UnlearningInputError, match="neither"):
+        RecordChain(round_index=3)
 
 
 def test_an_authenticated_but_malformed_plaintext_is_rejected(secret, config):
