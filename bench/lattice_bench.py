@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from secagg import lattice_kernels
+from secagg import lattice_kernels, prg
 from secagg.codec import plan_bits
 from secagg.context import encode_parts
-from secagg.lattice import LATTICE_NAMES, _sequential_matmul, get_lattice
+from secagg.lattice import LATTICE_NAMES, get_lattice, sequential_matmul
 from secagg.modular import norm_bits, required_bits
 from secagg.quantizer import DitheredQuantizer
 from secagg.rotation import rotate, unrotate
@@ -60,14 +60,14 @@ def _best_cpu_seconds(function, repeats: int) -> float:
 
 def _reference_encode(lattice, x, uniforms, scale):
     n = lattice.dimension
-    u = _sequential_matmul(uniforms.reshape(-1, n), lattice.generator)
+    u = sequential_matmul(uniforms.reshape(-1, n), lattice.generator)
     dither = u - lattice.nearest_point(u)
     return lattice.to_coordinates(lattice.nearest_point(x.reshape(-1, n) * scale + dither)).reshape(-1)
 
 
 def _reference_decode(lattice, z, uniforms, step):
     n = lattice.dimension
-    u = _sequential_matmul(uniforms.reshape(-1, n), lattice.generator)
+    u = sequential_matmul(uniforms.reshape(-1, n), lattice.generator)
     dither = u - lattice.nearest_point(u)
     return step * (lattice.from_coordinates(z.reshape(-1, n)) - dither).reshape(-1)
 
@@ -105,7 +105,7 @@ def measure_lattices(coordinates: int = 10**6, repeats: int = 5) -> list[dict]:
         lattice = get_lattice(name)
         fast = DitheredQuantizer(lattice, 1.0, backend="numba")
         reference = DitheredQuantizer(lattice, 1.0, backend="numpy")
-        uniforms = fast._uniforms(SEED, INFO, fast.blocks(coordinates))
+        uniforms = prg.uniform_floats(SEED, INFO, fast.coordinates(coordinates))  # the quantizer's dither stream
         z = fast.encode(x, SEED, INFO)
         assert np.array_equal(z, reference.encode(x, SEED, INFO)), "backends disagree"
         decoded = fast.decode(z, SEED, INFO, coordinates)

@@ -25,7 +25,7 @@ import numpy as np
 
 from secagg.errors import LatticeError
 
-__all__ = ["LATTICE_NAMES", "Lattice", "get_lattice"]
+__all__ = ["LATTICE_NAMES", "Lattice", "get_lattice", "integers_within", "sequential_matmul"]
 
 LATTICE_NAMES = ("Z", "A2", "D4", "E8")
 
@@ -42,7 +42,7 @@ MAX_ABS_INTEGER_COORDINATE = 2**44
 _COORDINATE_TOLERANCE = 1e-6
 
 
-def _sequential_matmul(left: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+def sequential_matmul(left: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """``left @ matrix`` for ``(..., n) @ (n, n)``, summing k = 0, 1, ..., n−1 in that order.
 
     BLAS may reorder or fuse the sum; the fast kernels must reproduce this bit for bit, so the
@@ -206,7 +206,7 @@ class Lattice:
             LatticeError: bad shape/values, or a point that is not on the lattice.
         """
         array = self._check_blocks(points, "points")
-        real = _sequential_matmul(array, self.generator_inverse)
+        real = sequential_matmul(array, self.generator_inverse)
         coordinates = np.rint(real)
         if array.size and np.max(np.abs(real - coordinates)) > _COORDINATE_TOLERANCE:
             raise LatticeError(f"points are not on the {self.name} lattice")
@@ -227,7 +227,7 @@ class Lattice:
             raise LatticeError(f"coordinates must be integers, got dtype {array.dtype}")
         if not integers_within(array, MAX_ABS_INTEGER_COORDINATE):
             raise LatticeError("coordinates above 2**44 in magnitude would not stay exact")
-        return _sequential_matmul(self._check_blocks(array, "coordinates", math.inf), self.generator)
+        return sequential_matmul(self._check_blocks(array, "coordinates", math.inf), self.generator)
 
 
 def _e8_generator() -> np.ndarray:

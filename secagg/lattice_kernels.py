@@ -104,7 +104,7 @@ def _nearest_e8(source, base, out, even, odd):
 
 @njit(cache=True, inline="always")
 def _times_matrix(source, base, matrix, out):
-    """out[0:n] = source[base:base+n] @ matrix, summed k = 0..n−1 in order (lattice._sequential_matmul)."""
+    """out[0:n] = source[base:base+n] @ matrix, summed k = 0..n−1 in order (lattice.sequential_matmul)."""
     n = matrix.shape[0]
     for j in range(n):
         total = source[base] * matrix[0, j]

@@ -21,7 +21,13 @@ import numpy as np
 
 from secagg import lattice_kernels, prg
 from secagg.errors import ConfigurationError, LatticeError
-from secagg.lattice import MAX_ABS_COORDINATE, MAX_ABS_INTEGER_COORDINATE, Lattice, _sequential_matmul, integers_within
+from secagg.lattice import (
+    MAX_ABS_COORDINATE,
+    MAX_ABS_INTEGER_COORDINATE,
+    Lattice,
+    integers_within,
+    sequential_matmul,
+)
 
 __all__ = ["BACKENDS", "DitheredQuantizer"]
 
@@ -96,7 +102,7 @@ class DitheredQuantizer:
     def _reference_dither(self, uniforms: np.ndarray) -> np.ndarray:
         # Voronoi-uniform: u = rG is uniform on the fundamental parallelepiped; reducing it mod Λ
         # preserves volume, so u − Q(u) is uniform on V_0.
-        u = _sequential_matmul(uniforms.reshape(-1, self.lattice.dimension), self.lattice.generator)
+        u = sequential_matmul(uniforms.reshape(-1, self.lattice.dimension), self.lattice.generator)
         return u - self.lattice.nearest_point(u)
 
     def dither(self, seed: bytes, info: bytes, blocks: int) -> np.ndarray:
