@@ -14,6 +14,7 @@ import click
 
 # name -> "module:attribute". Each module holds one click command or group.
 COMMANDS: dict[str, str] = {
+    "demo": "cli.demo:demo",
     "db": "cli.db:db",
 }
 
