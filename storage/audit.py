@@ -15,23 +15,118 @@ consistently, since the chain has no secret key; compare the head against a copy
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from storage.canonical import GENESIS_HASH, chain_hash
+from storage.entities import LedgerEntryWrite
 from storage.errors import IntegrityError, StorageValueError
 from storage.schema import AuditHead, AuditLogEntry, LedgerEntry, Run
-from storage.validation import iso_utc
+from storage.validation import check_int, check_json_object, iso_utc
 
 if TYPE_CHECKING:
     from storage.engine import Database
     from storage.repositories import Repository
 
 _VERIFY_BATCH = 500
+_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+
+
+# --- appending (inside the caller's write transaction) --------------------------------------------
+
+
+def append_audit_entry(
+    session: Session,
+    run_id: int,
+    event: str,
+    payload: Mapping[str, Any],
+    *,
+    round_index: int | None = None,
+    client_id: int | None = None,
+    now: datetime,
+) -> AuditLogEntry:
+    """Append one entry to the run's audit chain inside the caller's write transaction: lock the
+    head row, hash the entry onto it, insert it and move the head, all or nothing with the caller.
+
+    ``event`` is a lower-case dotted name; ``payload`` a JSON object; ``now`` naive UTC.
+    """
+    if not (isinstance(event, str) and _EVENT_NAME.match(event)):
+        raise StorageValueError(f"audit event must be a lower-case dotted name like 'round.committed', got {event!r}")
+    if round_index is not None:
+        round_index = check_int(round_index, "audit round_index")
+    if client_id is not None:
+        client_id = check_int(client_id, "audit client_id")
+    head = session.execute(select(AuditHead).where(AuditHead.run_id == run_id).with_for_update()).scalar_one_or_none()
+    sequence, prev_hash = (0, GENESIS_HASH) if head is None else (head.sequence + 1, head.entry_hash)
+    row = AuditLogEntry(
+        run_id=run_id,
+        sequence=sequence,
+        event=event,
+        round_index=round_index,
+        client_id=client_id,
+        payload=dict(check_json_object(payload, "audit payload")),
+        created_at=now,
+        prev_hash=prev_hash,
+    )
+    row.entry_hash = chain_hash(audit_content(row), prev_hash)
+    session.add(row)
+    if head is None:
+        session.add(AuditHead(run_id=run_id, sequence=sequence, entry_hash=row.entry_hash))
+    else:
+        head.sequence, head.entry_hash = sequence, row.entry_hash
+    session.flush()
+    return row
+
+
+def insert_ledger_entries(
+    session: Session, run_id: int, entries: Sequence[LedgerEntryWrite], now: datetime
+) -> list[SimpleNamespace]:
+    """Insert ledger entries inside the caller's write transaction, extending each client's chain
+    from its newest entry (one query for all clients); returns the rows as written."""
+    clients = sorted({entry.client_id for entry in entries})
+    newest = (
+        select(LedgerEntry.client_id, func.max(LedgerEntry.sequence).label("sequence"))
+        .where(LedgerEntry.run_id == run_id, LedgerEntry.client_id.in_(clients))
+        .group_by(LedgerEntry.client_id)
+        .subquery()
+    )
+    heads: dict[int, tuple[int, str]] = {client: (-1, GENESIS_HASH) for client in clients}
+    for client, sequence, entry_hash in session.execute(
+        select(LedgerEntry.client_id, LedgerEntry.sequence, LedgerEntry.entry_hash)
+        .join(newest, (LedgerEntry.client_id == newest.c.client_id) & (LedgerEntry.sequence == newest.c.sequence))
+        .where(LedgerEntry.run_id == run_id)
+    ):
+        heads[client] = (sequence, entry_hash)
+    rows = []
+    for entry in entries:
+        sequence, prev_hash = heads[entry.client_id]
+        row = SimpleNamespace(
+            run_id=run_id,
+            client_id=entry.client_id,
+            sequence=sequence + 1,
+            round_index=entry.round_index,
+            stream=entry.stream,
+            event=dict(entry.event_json),
+            epsilon_after=entry.epsilon_after,
+            delta=entry.delta,
+            created_at=now,
+            prev_hash=prev_hash,
+        )
+        row.entry_hash = chain_hash(ledger_content(row), prev_hash)
+        heads[entry.client_id] = (row.sequence, row.entry_hash)
+        rows.append(row)
+    session.execute(insert(LedgerEntry), [vars(row) for row in rows])
+    return rows
+
+
+# --- hashed content and verification ---------------------------------------------------------------
 
 
 def audit_content(row: AuditLogEntry) -> dict[str, Any]:

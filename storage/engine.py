@@ -150,6 +150,9 @@ def create_database_engine(
         options.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
     elif not is_sqlite:
         options.update(pool_pre_ping=True)
+        if url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+            # Fail in seconds, not after the operating system's TCP timeout, when the server is down.
+            options.update(connect_args={"connect_timeout": 10})
     try:
         engine = create_engine(url, **options)
     except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as error:

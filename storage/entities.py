@@ -422,15 +422,19 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class ShredResult:
-    """What ``shred_client_records`` destroyed. ``wal_checkpointed``: on SQLite, whether the
-    write-ahead log was checkpointed and truncated afterwards, so no old page image of a shredded
-    record remains in it (false when a concurrent reader kept it; it is retried on the next)."""
+    """What ``shred_client_records`` destroyed.
+
+    ``compacted``: whether the storage engine was made to drop its copies of the deleted rows
+    afterwards: on SQLite the write-ahead log was checkpointed and truncated (deleted pages are
+    zeroed by ``secure_delete``); on PostgreSQL the table was vacuumed. False when a concurrent
+    reader prevented it; the next shred or checkpoint retries.
+    """
 
     run_id: int
     client_id: int
     records_deleted: int
     bytes_deleted: int
-    wal_checkpointed: bool
+    compacted: bool
 
 
 @dataclass(frozen=True)

@@ -15,26 +15,26 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, func, insert, literal, select, text
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from storage import usage
 from storage.audit import (
     ChainHead,
     ChainVerification,
-    audit_content,
-    ledger_content,
+    append_audit_entry,
+    insert_ledger_entries,
     verify_audit_chains,
     verify_ledger_chains,
 )
-from storage.canonical import GENESIS_HASH, canonical_json, chain_hash
-from storage.codecs import decode_array, read_header
+from storage.canonical import canonical_json
+from storage.codecs import decode_array
 from storage.deletion import check_transition
 from storage.engine import Database, open_database
 from storage.entities import (
@@ -53,13 +53,11 @@ from storage.entities import (
     SealedRecordRead,
     ShredResult,
     StorageUsage,
-    TableUsage,
 )
 from storage.errors import (
     ClientDeletedError,
     ClientNotFoundError,
     ConflictError,
-    CorruptBlobError,
     DatabaseOperationalError,
     DeletionRequestNotFoundError,
     DuplicateError,
@@ -68,12 +66,21 @@ from storage.errors import (
     RunNotFoundError,
     StorageValueError,
 )
+from storage.rows import (
+    aggregate_read,
+    audit_entry,
+    checkpoint_info,
+    client_info,
+    ledger_read,
+    request_info,
+    round_info,
+    run_info,
+)
 from storage.schema import (
     RUN_STATUSES,
     Aggregate,
     AuditHead,
     AuditLogEntry,
-    Base,
     Checkpoint,
     CheckpointTensor,
     Client,
@@ -95,7 +102,6 @@ from storage.validation import (
     utc_now,
 )
 
-_EVENT_NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 SHA256_BYTES = 32
 PUBLIC_KEY_BYTES = 32
 
@@ -182,16 +188,16 @@ class Repository:
             run = Run(name=name, config=dict(config), status="running", created_at=now, updated_at=now)
             session.add(run)
             session.flush()
-            _append_audit(session, run.id, "run.created", {"name": name, "config_sha256": _json_digest(config)}, now=now)
-            return _run_info(run)
+            append_audit_entry(session, run.id, "run.created", {"name": name, "config_sha256": _json_digest(config)}, now=now)
+            return run_info(run)
 
     def get_run(self, run_id: int) -> RunInfo:
         with self._read() as session:
-            return _run_info(_get_run(session, run_id))
+            return run_info(_get_run(session, run_id))
 
     def list_runs(self) -> list[RunInfo]:
         with self._read() as session:
-            return [_run_info(run) for run in session.execute(select(Run).order_by(Run.id)).scalars()]
+            return [run_info(run) for run in session.execute(select(Run).order_by(Run.id)).scalars()]
 
     def set_run_status(self, run_id: int, status: str) -> RunInfo:
         """Mark a run running, completed or failed (audited)."""
@@ -201,8 +207,8 @@ class Repository:
             run = _lock_run(session, run_id)
             if run.status != status:
                 previous, run.status, run.updated_at = run.status, status, now
-                _append_audit(session, run.id, "run.status", {"from": previous, "to": status}, now=now)
-            return _run_info(run)
+                append_audit_entry(session, run.id, "run.status", {"from": previous, "to": status}, now=now)
+            return run_info(run)
 
     # --- clients ---------------------------------------------------------------------------------
 
@@ -237,7 +243,7 @@ class Repository:
                 )
                 session.add(client)
                 clients.append(client)
-                _append_audit(
+                append_audit_entry(
                     session,
                     run_id,
                     "client.enrolled",
@@ -250,7 +256,7 @@ class Repository:
                     client_id=enrolment.client_id,
                     now=now,
                 )
-            return [_client_info(client) for client in clients]
+            return [client_info(client) for client in clients]
 
     def enrol_client(
         self,
@@ -268,7 +274,7 @@ class Repository:
 
     def get_client(self, run_id: int, client_id: int) -> ClientInfo:
         with self._read() as session:
-            return _client_info(_get_client(session, run_id, client_id))
+            return client_info(_get_client(session, run_id, client_id))
 
     def list_clients(self, run_id: int, *, status: str | None = None) -> list[ClientInfo]:
         """The run's clients by id, optionally only ``active`` or ``deleted`` ones."""
@@ -278,7 +284,7 @@ class Repository:
             statement = statement.where(Client.status == status)
         with self._read() as session:
             _get_run(session, run_id)
-            return [_client_info(client) for client in session.execute(statement).scalars()]
+            return [client_info(client) for client in session.execute(statement).scalars()]
 
     def mark_client_deleted(self, run_id: int, client_id: int) -> ClientInfo:
         """Mark a client deleted: later rounds, records and charges for it are refused. Idempotent."""
@@ -287,7 +293,7 @@ class Repository:
             _lock_run(session, run_id)
             client = _get_client(session, run_id, client_id)
             _delete_client(session, client, now)
-            return _client_info(client)
+            return client_info(client)
 
     # --- rounds ----------------------------------------------------------------------------------
 
@@ -354,7 +360,7 @@ class Repository:
                     )
                     record_digests.append([record.client_id, hashlib.sha256(record.ciphertext).hexdigest()])
                 session.execute(insert(SealedRecord), rows)
-            ledger_hashes = _insert_ledger_entries(session, run_id, write.ledger_entries, now)
+            ledger_hashes = [row.entry_hash for row in insert_ledger_entries(session, run_id, write.ledger_entries, now)] if write.ledger_entries else []
             payload = {
                 "status": write.status,
                 "stage": write.stage,
@@ -372,8 +378,8 @@ class Repository:
                 "ledger_entries": {"count": len(ledger_hashes), "sha256": _json_digest(ledger_hashes)},
                 "details": dict(write.audit_details),
             }
-            _append_audit(session, run_id, "round.committed", payload, round_index=write.round_index, now=now)
-            return _round_info(round_row)
+            append_audit_entry(session, run_id, "round.committed", payload, round_index=write.round_index, now=now)
+            return round_info(round_row)
 
     def last_committed_round(self, run_id: int) -> int | None:
         """The index of the newest committed round (completed or aborted), None before round 0."""
@@ -392,14 +398,14 @@ class Repository:
             if row is None:
                 _get_run(session, run_id)
                 raise RoundNotFoundError(f"run {run_id} has no committed round {round_index}")
-            return _round_info(row)
+            return round_info(row)
 
     def list_rounds(self, run_id: int) -> list[RoundInfo]:
         """Every committed round of the run, in order."""
         with self._read() as session:
             _get_run(session, run_id)
             rows = session.execute(select(Round).where(Round.run_id == run_id).order_by(Round.round_index)).scalars()
-            return [_round_info(row) for row in rows]
+            return [round_info(row) for row in rows]
 
     def load_aggregates(self, run_id: int, round_index: int) -> dict[str, AggregateRead]:
         """A round's aggregates by name, decoded (CorruptBlobError if a blob is damaged)."""
@@ -410,7 +416,7 @@ class Repository:
             rows = session.execute(
                 select(Aggregate).where(Aggregate.run_id == run_id, Aggregate.round_index == round_index).order_by(Aggregate.name)
             ).scalars()
-            return {row.name: _aggregate_read(row) for row in rows}
+            return {row.name: aggregate_read(row) for row in rows}
 
     def iter_aggregates(self, run_id: int, name: str = "update", *, batch_size: int = 16) -> Iterator[AggregateRead]:
         """Stream one named aggregate over all rounds in round order (a few blobs in memory)."""
@@ -424,7 +430,7 @@ class Repository:
                 .execution_options(yield_per=batch_size)
             )
             for row in session.execute(statement).scalars():
-                yield _aggregate_read(row)
+                yield aggregate_read(row)
                 session.expunge(row)
 
     # --- checkpoints -----------------------------------------------------------------------------
@@ -453,7 +459,7 @@ class Repository:
                 if request.run_id != run_id:
                     raise StorageValueError(f"deletion request {unlearned_request_id} belongs to run {request.run_id}")
             checkpoint = _insert_checkpoint(session, run_id, write, write.round_index, now)
-            _append_audit(
+            append_audit_entry(
                 session,
                 run_id,
                 "checkpoint.saved",
@@ -465,7 +471,7 @@ class Repository:
             if unlearned_request_id is not None:
                 _transition(session, request, "unlearned", reason=None,
                             details={"model_version": checkpoint.model_version}, now=now)
-            return _checkpoint_info(checkpoint)
+            return checkpoint_info(checkpoint)
 
     def load_checkpoint(self, run_id: int, round_index: int | None = None) -> LoadedCheckpoint | None:
         """The newest model at or before ``round_index`` (newest overall when None): the highest
@@ -485,7 +491,7 @@ class Repository:
                 .order_by(CheckpointTensor.position)
             ).all()
             return LoadedCheckpoint(
-                info=_checkpoint_info(checkpoint), tensors={name: decode_array(blob) for name, blob in tensors}
+                info=checkpoint_info(checkpoint), tensors={name: decode_array(blob) for name, blob in tensors}
             )
 
     def list_checkpoints(self, run_id: int) -> list[CheckpointInfo]:
@@ -494,7 +500,7 @@ class Repository:
             rows = session.execute(
                 select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.model_version)
             ).scalars()
-            return [_checkpoint_info(row) for row in rows]
+            return [checkpoint_info(row) for row in rows]
 
     def drop_old_checkpoints(self, run_id: int, keep_last: int) -> int:
         """Delete all but the newest ``keep_last`` (>= 1) model versions, in one transaction.
@@ -516,7 +522,7 @@ class Repository:
             ids = [row.id for row in doomed]
             session.execute(delete(CheckpointTensor).where(CheckpointTensor.checkpoint_id.in_(ids)))
             session.execute(delete(Checkpoint).where(Checkpoint.id.in_(ids)))
-            _append_audit(
+            append_audit_entry(
                 session, run_id, "checkpoints.dropped",
                 {"model_versions": sorted(row.model_version for row in doomed), "kept": keep_last}, now=now,
             )
@@ -530,15 +536,31 @@ class Repository:
         check_int(batch_size, "batch_size", minimum=1)
         with self._read() as session:
             _get_client(session, run_id, client_id)
+            # Plain rows, not ORM objects: nothing accumulates in the session while streaming.
             statement = (
-                select(SealedRecord)
+                select(
+                    SealedRecord.round_index,
+                    SealedRecord.ciphertext,
+                    SealedRecord.record_size,
+                    SealedRecord.record_metadata,
+                    SealedRecord.parameter_count,
+                    SealedRecord.created_at,
+                )
                 .where(SealedRecord.run_id == run_id, SealedRecord.client_id == client_id)
                 .order_by(SealedRecord.round_index)
                 .execution_options(yield_per=batch_size)
             )
-            for row in session.execute(statement).scalars():
-                yield _record_read(row)
-                session.expunge(row)
+            for row in session.execute(statement):
+                yield SealedRecordRead(
+                    run_id=run_id,
+                    round_index=row.round_index,
+                    client_id=client_id,
+                    ciphertext=bytes(row.ciphertext),
+                    record_size=row.record_size,
+                    metadata=dict(row.record_metadata),
+                    parameter_count=row.parameter_count,
+                    created_at=from_db_time(row.created_at),
+                )
 
     def count_sealed_records(self, run_id: int, client_id: int | None = None) -> int:
         statement = select(func.count()).select_from(SealedRecord).where(SealedRecord.run_id == run_id)
@@ -553,8 +575,8 @@ class Repository:
         server never held the key, and the ciphertexts are now gone too).
 
         With ``request_id`` the same transaction marks the client deleted and moves the deletion
-        request ``unlearned -> shredded``. On SQLite the deleted pages are zeroed
-        (``secure_delete``) and the write-ahead log is checkpointed and truncated afterwards.
+        request ``unlearned -> shredded``. Afterwards the engine is made to drop its copies (SQLite:
+        zeroed pages, WAL checkpointed and truncated; PostgreSQL: VACUUM), see ShredResult.
         """
         now = utc_now()
         with self._write() as session:
@@ -572,7 +594,7 @@ class Repository:
                 )
             ).one()
             session.execute(delete(SealedRecord).where(SealedRecord.run_id == run_id, SealedRecord.client_id == client_id))
-            _append_audit(
+            append_audit_entry(
                 session, run_id, "records.shredded",
                 {"records": int(count), "bytes": int(size), "request_id": request_id},
                 client_id=client_id, now=now,
@@ -580,17 +602,24 @@ class Repository:
             if request is not None:
                 _delete_client(session, client, now)
                 _transition(session, request, "shredded", reason=None, details={"records": int(count)}, now=now)
-        return ShredResult(run_id, client_id, int(count), int(size), self._checkpoint_wal())
+        return ShredResult(run_id, client_id, int(count), int(size), self._compact_after_shredding())
 
-    def _checkpoint_wal(self) -> bool:
-        if self.database.dialect != "sqlite":
-            return True
+    def _compact_after_shredding(self) -> bool:
+        """Make the engine drop its copies of deleted records (outside any transaction)."""
         raw = self.database.engine.raw_connection()
         try:
             cursor = raw.cursor()
-            busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            cursor.close()
-            return busy == 0
+            if self.database.dialect == "sqlite":
+                busy, _, _ = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                return busy == 0
+            if self.database.dialect == "postgresql":
+                raw.driver_connection.autocommit = True  # VACUUM cannot run inside a transaction
+                try:
+                    cursor.execute("VACUUM sealed_records")
+                finally:
+                    raw.driver_connection.autocommit = False
+                return True
+            return False
         finally:
             raw.close()
 
@@ -606,12 +635,12 @@ class Repository:
         with self._write() as session:
             _lock_run(session, run_id)
             _require_active(session, run_id, sorted({e.client_id for e in entries}))
-            rows = _insert_ledger_rows(session, run_id, entries, now)
-            _append_audit(
+            rows = insert_ledger_entries(session, run_id, entries, now)
+            append_audit_entry(
                 session, run_id, "ledger.charged",
                 {"count": len(rows), "sha256": _json_digest([row.entry_hash for row in rows])}, now=now,
             )
-            return [_ledger_read(row) for row in rows]
+            return [ledger_read(row) for row in rows]
 
     def ledger_entries(self, run_id: int, client_id: int | None = None) -> list[LedgerEntryRead]:
         """The run's ledger entries in the order they were written (one client's if given)."""
@@ -623,7 +652,7 @@ class Repository:
                 _get_run(session, run_id)
             else:
                 _get_client(session, run_id, client_id)
-            return [_ledger_read(row) for row in session.execute(statement).scalars()]
+            return [ledger_read(row) for row in session.execute(statement).scalars()]
 
     def verify_ledger(self, run_id: int, client_id: int | None = None) -> ChainVerification:
         """Verify the ledger hash chain of every client of the run (or one)."""
@@ -646,7 +675,7 @@ class Repository:
             client = _get_client(session, run_id, client_id)
             open_request = _open_request(session, run_id, client_id)
             if open_request is not None:
-                return _request_info(open_request)
+                return request_info(open_request)
             if client.status == "deleted":
                 raise ClientDeletedError(f"client {client_id} of run {run_id} is already deleted")
             request = DeletionRequest(
@@ -655,11 +684,11 @@ class Repository:
             )
             session.add(request)
             session.flush()
-            _append_audit(
+            append_audit_entry(
                 session, run_id, "deletion.requested", {"request_id": request.id, "details": dict(details)},
                 client_id=client_id, now=now,
             )
-            return _request_info(request)
+            return request_info(request)
 
     def transition_deletion_request(
         self,
@@ -679,18 +708,18 @@ class Repository:
             _lock_run(session, request.run_id)
             session.refresh(request)
             _transition(session, request, state, reason=reason, details=details, now=now)
-            return _request_info(request)
+            return request_info(request)
 
     def get_deletion_request(self, request_id: int) -> DeletionRequestInfo:
         with self._read() as session:
-            return _request_info(_get_request(session, request_id))
+            return request_info(_get_request(session, request_id))
 
     def open_deletion_request(self, run_id: int, client_id: int) -> DeletionRequestInfo | None:
         """The client's request that is neither shredded nor failed, if any (to resume after a crash)."""
         with self._read() as session:
             _get_client(session, run_id, client_id)
             request = _open_request(session, run_id, client_id)
-            return None if request is None else _request_info(request)
+            return None if request is None else request_info(request)
 
     def list_deletion_requests(self, run_id: int, client_id: int | None = None) -> list[DeletionRequestInfo]:
         statement = select(DeletionRequest).where(DeletionRequest.run_id == run_id).order_by(DeletionRequest.id)
@@ -698,7 +727,7 @@ class Repository:
             statement = statement.where(DeletionRequest.client_id == client_id)
         with self._read() as session:
             _get_run(session, run_id)
-            return [_request_info(row) for row in session.execute(statement).scalars()]
+            return [request_info(row) for row in session.execute(statement).scalars()]
 
     # --- audit log -------------------------------------------------------------------------------
 
@@ -717,8 +746,8 @@ class Repository:
         now = utc_now()
         with self._write() as session:
             _lock_run(session, run_id)
-            row = _append_audit(session, run_id, event, payload, round_index=round_index, client_id=client_id, now=now)
-            return _audit_entry(row)
+            row = append_audit_entry(session, run_id, event, payload, round_index=round_index, client_id=client_id, now=now)
+            return audit_entry(row)
 
     def audit_entries(self, run_id: int, *, event: str | None = None) -> list[AuditEntry]:
         """The run's audit log in order (only one kind of event if given)."""
@@ -727,7 +756,7 @@ class Repository:
             statement = statement.where(AuditLogEntry.event == event)
         with self._read() as session:
             _get_run(session, run_id)
-            return [_audit_entry(row) for row in session.execute(statement).scalars()]
+            return [audit_entry(row) for row in session.execute(statement).scalars()]
 
     def audit_head(self, run_id: int) -> ChainHead:
         """The run's audit-log head: publish it elsewhere and pass it back as ``expected_head``."""
@@ -751,27 +780,8 @@ class Repository:
         """Rows, payload bytes and (for model-sized tables) bits per parameter, per table, for
         one run; ``database_bytes`` is the whole database's size on disk (all runs)."""
         with self._read() as session:
-            run = _get_run(session, run_id)
-            tables = [
-                TableUsage("runs", 1, _json_length(session, Run.config, Run.id == run_id)),
-                _usage(session, "clients", Client, Client.run_id == run_id,
-                       func.length(Client.identity_public_key) + func.length(Client.history_commitment)),
-                _usage(session, "rounds", Round, Round.run_id == run_id, None,
-                       json_columns=(Round.cohort, Round.survivors, Round.dropouts, Round.client_weights, Round.parameters)),
-                _usage(session, "aggregates", Aggregate, Aggregate.run_id == run_id, Aggregate.byte_size,
-                       parameters=Aggregate.element_count),
-                _usage(session, "checkpoints", Checkpoint, Checkpoint.run_id == run_id, Checkpoint.byte_size,
-                       parameters=Checkpoint.parameter_count),
-                _usage(session, "sealed_records", SealedRecord, SealedRecord.run_id == run_id, SealedRecord.record_size,
-                       parameters=SealedRecord.parameter_count),
-                _usage(session, "ledger_entries", LedgerEntry, LedgerEntry.run_id == run_id, None,
-                       json_columns=(LedgerEntry.event,)),
-                _usage(session, "deletion_requests", DeletionRequest, DeletionRequest.run_id == run_id, None,
-                       json_columns=(DeletionRequest.details,)),
-                _usage(session, "audit_log", AuditLogEntry, AuditLogEntry.run_id == run_id, None,
-                       json_columns=(AuditLogEntry.payload,)),
-            ]
-            return StorageUsage(run.id, tuple(tables), _database_bytes(session))
+            _get_run(session, run_id)
+            return usage.storage_usage(session, run_id)
 
 
 # --- helpers (inside a session) ------------------------------------------------------------------
@@ -828,7 +838,7 @@ def _delete_client(session: Session, client: Client, now) -> None:
     if client.status == "deleted":
         return
     client.status, client.deleted_at = "deleted", now
-    _append_audit(session, client.run_id, "client.deleted", {}, client_id=client.client_id, now=now)
+    append_audit_entry(session, client.run_id, "client.deleted", {}, client_id=client.client_id, now=now)
 
 
 def _last_round(session: Session, run_id: int) -> int | None:
@@ -880,83 +890,6 @@ def _insert_checkpoint(session: Session, run_id: int, write: CheckpointWrite, ro
     return checkpoint
 
 
-def _insert_ledger_rows(session: Session, run_id: int, entries: Sequence[LedgerEntryWrite], now) -> list[LedgerEntry]:
-    heads: dict[int, tuple[int, str]] = {}
-    rows = []
-    for entry in entries:
-        if entry.client_id not in heads:
-            last = session.execute(
-                select(LedgerEntry.sequence, LedgerEntry.entry_hash)
-                .where(LedgerEntry.run_id == run_id, LedgerEntry.client_id == entry.client_id)
-                .order_by(LedgerEntry.sequence.desc())
-                .limit(1)
-            ).one_or_none()
-            heads[entry.client_id] = (-1, GENESIS_HASH) if last is None else (last.sequence, last.entry_hash)
-        sequence, prev_hash = heads[entry.client_id]
-        row = LedgerEntry(
-            run_id=run_id,
-            client_id=entry.client_id,
-            sequence=sequence + 1,
-            round_index=entry.round_index,
-            stream=entry.stream,
-            event=dict(entry.event_json),
-            epsilon_after=entry.epsilon_after,
-            delta=entry.delta,
-            created_at=now,
-            prev_hash=prev_hash,
-        )
-        row.entry_hash = chain_hash(ledger_content(row), prev_hash)
-        heads[entry.client_id] = (row.sequence, row.entry_hash)
-        rows.append(row)
-    session.add_all(rows)
-    session.flush()
-    return rows
-
-
-def _insert_ledger_entries(session: Session, run_id: int, entries: Sequence[LedgerEntryWrite], now) -> list[str]:
-    if not entries:
-        return []
-    return [row.entry_hash for row in _insert_ledger_rows(session, run_id, entries, now)]
-
-
-def _append_audit(
-    session: Session,
-    run_id: int,
-    event: str,
-    payload: Mapping[str, Any],
-    *,
-    round_index: int | None = None,
-    client_id: int | None = None,
-    now,
-) -> AuditLogEntry:
-    if not (isinstance(event, str) and _EVENT_NAME.match(event)):
-        raise StorageValueError(f"audit event must be a lower-case dotted name like 'round.committed', got {event!r}")
-    if round_index is not None:
-        round_index = check_int(round_index, "audit round_index")
-    if client_id is not None:
-        client_id = check_int(client_id, "audit client_id")
-    head = session.execute(select(AuditHead).where(AuditHead.run_id == run_id).with_for_update()).scalar_one_or_none()
-    sequence, prev_hash = (0, GENESIS_HASH) if head is None else (head.sequence + 1, head.entry_hash)
-    row = AuditLogEntry(
-        run_id=run_id,
-        sequence=sequence,
-        event=event,
-        round_index=round_index,
-        client_id=client_id,
-        payload=dict(check_json_object(payload, "audit payload")),
-        created_at=now,
-        prev_hash=prev_hash,
-    )
-    row.entry_hash = chain_hash(audit_content(row), prev_hash)
-    session.add(row)
-    if head is None:
-        session.add(AuditHead(run_id=run_id, sequence=sequence, entry_hash=row.entry_hash))
-    else:
-        head.sequence, head.entry_hash = sequence, row.entry_hash
-    session.flush()
-    return row
-
-
 def _get_request(session: Session, request_id: int) -> DeletionRequest:
     request = session.get(DeletionRequest, check_int(request_id, "request_id", minimum=1))
     if request is None:
@@ -983,169 +916,10 @@ def _transition(session: Session, request: DeletionRequest, state: str, *, reaso
         request.reason = reason
     if details:
         request.details = {**request.details, **dict(details)}
-    _append_audit(
+    append_audit_entry(
         session, request.run_id, f"deletion.{state}",
         {"request_id": request.id, "from": previous, "reason": reason, "details": dict(details)},
         client_id=request.client_id, now=now,
     )
 
 
-def _json_length(session: Session, column, condition) -> int:
-    value = session.execute(select(func.coalesce(func.sum(func.length(cast(column, Text))), 0)).where(condition)).scalar_one()
-    return int(value)
-
-
-def _usage(session: Session, name: str, model, condition, byte_column, *, json_columns=(), parameters=None) -> TableUsage:
-    columns = [func.count()]
-    size = None
-    if byte_column is not None:
-        size = func.coalesce(func.sum(byte_column), 0)
-    for column in json_columns:
-        part = func.coalesce(func.sum(func.length(cast(column, Text))), 0)
-        size = part if size is None else size + part
-    columns.append(size if size is not None else literal(0))
-    if parameters is not None:
-        columns.append(func.sum(parameters))
-    row = session.execute(select(*columns).select_from(model).where(condition)).one()
-    counted = None if parameters is None or row[2] is None else int(row[2])
-    return TableUsage(name, int(row[0]), int(row[1]), counted)
-
-
-def _database_bytes(session: Session) -> int | None:
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
-        page_count = session.execute(text("PRAGMA page_count")).scalar_one()
-        page_size = session.execute(text("PRAGMA page_size")).scalar_one()
-        return int(page_count) * int(page_size)
-    if dialect == "postgresql":
-        tables = list(Base.metadata.tables)
-        value = session.execute(
-            text(
-                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname = ANY(:tables)"
-            ),
-            {"tables": tables},
-        ).scalar_one()
-        return int(value)
-    return None
-
-
-# --- row -> value --------------------------------------------------------------------------------
-
-
-def _run_info(row: Run) -> RunInfo:
-    return RunInfo(row.id, row.name, dict(row.config), row.status, from_db_time(row.created_at), from_db_time(row.updated_at))
-
-
-def _client_info(row: Client) -> ClientInfo:
-    return ClientInfo(
-        run_id=row.run_id,
-        client_id=row.client_id,
-        identity_public_key=bytes(row.identity_public_key),
-        history_commitment=bytes(row.history_commitment),
-        enrolled_at=from_db_time(row.enrolled_at),
-        status=row.status,
-        deleted_at=from_db_time(row.deleted_at),
-        epsilon_budget=row.epsilon_budget,
-        delta=row.delta,
-    )
-
-
-def _round_info(row: Round) -> RoundInfo:
-    return RoundInfo(
-        run_id=row.run_id,
-        round_index=row.round_index,
-        status=row.status,
-        stage=row.stage,
-        cohort=tuple(row.cohort),
-        survivors=tuple(row.survivors),
-        dropouts={stage: tuple(ids) for stage, ids in row.dropouts.items()},
-        client_weights={int(client): float(weight) for client, weight in row.client_weights.items()},
-        parameters=dict(row.parameters),
-        bytes_uploaded=row.bytes_uploaded,
-        started_at=from_db_time(row.started_at),
-        finished_at=from_db_time(row.finished_at),
-        committed_at=from_db_time(row.committed_at),
-    )
-
-
-def _aggregate_read(row: Aggregate) -> AggregateRead:
-    blob = bytes(row.blob)
-    values = decode_array(blob)
-    header = read_header(blob)
-    if header.codec != row.codec or header.element_count != row.element_count:
-        raise CorruptBlobError(f"aggregate {row.name!r} of round {row.round_index}: blob header disagrees with its row")
-    return AggregateRead(row.run_id, row.round_index, row.name, row.kind, row.codec, values, row.byte_size, row.sha256)
-
-
-def _checkpoint_info(row: Checkpoint) -> CheckpointInfo:
-    return CheckpointInfo(
-        id=row.id,
-        run_id=row.run_id,
-        round_index=row.round_index,
-        model_version=row.model_version,
-        source=row.source,
-        codec=row.codec,
-        parameter_count=row.parameter_count,
-        byte_size=row.byte_size,
-        sha256=row.sha256,
-        details=dict(row.details),
-        created_at=from_db_time(row.created_at),
-    )
-
-
-def _record_read(row: SealedRecord) -> SealedRecordRead:
-    return SealedRecordRead(
-        run_id=row.run_id,
-        round_index=row.round_index,
-        client_id=row.client_id,
-        ciphertext=bytes(row.ciphertext),
-        record_size=row.record_size,
-        metadata=dict(row.record_metadata),
-        parameter_count=row.parameter_count,
-        created_at=from_db_time(row.created_at),
-    )
-
-
-def _ledger_read(row: LedgerEntry) -> LedgerEntryRead:
-    return LedgerEntryRead(
-        run_id=row.run_id,
-        client_id=row.client_id,
-        sequence=row.sequence,
-        round_index=row.round_index,
-        stream=row.stream,
-        event_json=dict(row.event),
-        epsilon_after=row.epsilon_after,
-        delta=row.delta,
-        created_at=from_db_time(row.created_at),
-        prev_hash=row.prev_hash,
-        entry_hash=row.entry_hash,
-    )
-
-
-def _request_info(row: DeletionRequest) -> DeletionRequestInfo:
-    return DeletionRequestInfo(
-        id=row.id,
-        run_id=row.run_id,
-        client_id=row.client_id,
-        state=row.state,
-        reason=row.reason,
-        details=dict(row.details),
-        created_at=from_db_time(row.created_at),
-        updated_at=from_db_time(row.updated_at),
-    )
-
-
-def _audit_entry(row: AuditLogEntry) -> AuditEntry:
-    return AuditEntry(
-        run_id=row.run_id,
-        sequence=row.sequence,
-        event=row.event,
-        round_index=row.round_index,
-        client_id=row.client_id,
-        payload=dict(row.payload),
-        created_at=from_db_time(row.created_at),
-        prev_hash=row.prev_hash,
-        entry_hash=row.entry_hash,
-    )

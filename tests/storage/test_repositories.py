@@ -170,7 +170,7 @@ def test_a_failure_inside_commit_round_leaves_nothing_behind(repo, enrolled_run,
         raise RuntimeError("simulated crash after every row of the round was written")
 
     # The audit entry is the round's last write: failing there proves the earlier ones roll back.
-    monkeypatch.setattr(repositories, "_append_audit", crash)
+    monkeypatch.setattr(repositories, "append_audit_entry", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         repo.commit_round(enrolled_run, make_round(1, checkpoint=True))
     monkeypatch.undo()
@@ -256,7 +256,7 @@ def test_shredding_removes_exactly_one_clients_records(repo, enrolled_run, make_
         repo.commit_round(enrolled_run, make_round(index))
     result = repo.shred_client_records(enrolled_run, 1)
     assert (result.records_deleted, result.bytes_deleted) == (3, 3 * 128)
-    assert result.wal_checkpointed
+    assert result.compacted
     assert repo.count_sealed_records(enrolled_run, 1) == 0
     assert repo.count_sealed_records(enrolled_run) == 6
     assert repo.get_client(enrolled_run, 1).status == "active"  # without a request it only shreds
