@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from storage.canonical import GENESIS_HASH, chain_hash
 from storage.entities import LedgerEntryWrite
@@ -91,17 +91,19 @@ def insert_ledger_entries(
     """Insert ledger entries inside the caller's write transaction, extending each client's chain
     from its newest entry (one query for all clients); returns the rows as written."""
     clients = sorted({entry.client_id for entry in entries})
+    # A correlated MAX per client: each is one probe of the (run_id, client_id, sequence) index on
+    # both engines (a GROUP BY join let PostgreSQL's generic plan scan the table each round).
+    previous = aliased(LedgerEntry)
     newest = (
-        select(LedgerEntry.client_id, func.max(LedgerEntry.sequence).label("sequence"))
-        .where(LedgerEntry.run_id == run_id, LedgerEntry.client_id.in_(clients))
-        .group_by(LedgerEntry.client_id)
-        .subquery()
+        select(func.max(previous.sequence))
+        .where(previous.run_id == LedgerEntry.run_id, previous.client_id == LedgerEntry.client_id)
+        .scalar_subquery()
     )
     heads: dict[int, tuple[int, str]] = {client: (-1, GENESIS_HASH) for client in clients}
     for client, sequence, entry_hash in session.execute(
-        select(LedgerEntry.client_id, LedgerEntry.sequence, LedgerEntry.entry_hash)
-        .join(newest, (LedgerEntry.client_id == newest.c.client_id) & (LedgerEntry.sequence == newest.c.sequence))
-        .where(LedgerEntry.run_id == run_id)
+        select(LedgerEntry.client_id, LedgerEntry.sequence, LedgerEntry.entry_hash).where(
+            LedgerEntry.run_id == run_id, LedgerEntry.client_id.in_(clients), LedgerEntry.sequence == newest
+        )
     ):
         heads[client] = (sequence, entry_hash)
     rows = []
