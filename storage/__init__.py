@@ -17,6 +17,7 @@ from storage.entities import (
     AuditEntry,
     CheckpointInfo,
     CheckpointWrite,
+    ClientEnrolment,
     ClientInfo,
     DeletionRequestInfo,
     LedgerEntryRead,
@@ -31,7 +32,7 @@ from storage.entities import (
     StorageUsage,
     TableUsage,
 )
-from storage.repositories import ClientEnrolment, Repository
+from storage.repositories import Repository
 from storage.retention import checkpoint_due
 
 __all__ = [

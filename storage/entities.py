@@ -31,6 +31,8 @@ from storage.validation import (
 )
 
 CHECKPOINT_CODECS = (FP16, BF16, RAW)
+SHA256_BYTES = 32
+PUBLIC_KEY_BYTES = 32
 
 
 def _set(instance: object, name: str, value: Any) -> None:
@@ -265,6 +267,33 @@ class RoundWrite:
             if entry.client_id not in cohort:
                 raise StorageValueError(f"ledger entry for client {entry.client_id}, who is not in the cohort")
         _set(self, "ledger_entries", entries)
+
+
+@dataclass(frozen=True)
+class ClientEnrolment:
+    """What the server stores about a client at enrolment.
+
+    ``identity_public_key``: the client's raw Ed25519 public key (32 B). ``history_commitment``:
+    SHA-256 commitment to its history secret (32 B; ALGORITHMS.md 6.4). ``epsilon_budget`` and
+    ``delta``: its privacy budget (ε > 0 at δ in [0, 1)).
+    """
+
+    client_id: int
+    identity_public_key: bytes
+    history_commitment: bytes
+    epsilon_budget: float
+    delta: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "client_id", check_int(self.client_id, "client_id"))
+        object.__setattr__(
+            self, "identity_public_key", check_bytes(self.identity_public_key, "identity_public_key", length=PUBLIC_KEY_BYTES)
+        )
+        object.__setattr__(
+            self, "history_commitment", check_bytes(self.history_commitment, "history_commitment", length=SHA256_BYTES)
+        )
+        object.__setattr__(self, "epsilon_budget", check_float(self.epsilon_budget, "epsilon_budget", positive=True))
+        object.__setattr__(self, "delta", check_float(self.delta, "delta", minimum=0.0, below=1.0))
 
 
 # --- reads ---------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import hashlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -39,6 +38,7 @@ from storage.deletion import check_transition
 from storage.engine import Database, open_database
 from storage.entities import (
     AggregateRead,
+    ClientEnrolment,
     AuditEntry,
     CheckpointInfo,
     CheckpointWrite,
@@ -91,9 +91,7 @@ from storage.schema import (
     SealedRecord,
 )
 from storage.validation import (
-    check_bytes,
     check_choice,
-    check_float,
     check_int,
     check_json_object,
     check_text,
@@ -101,37 +99,6 @@ from storage.validation import (
     from_db_time,
     utc_now,
 )
-
-SHA256_BYTES = 32
-PUBLIC_KEY_BYTES = 32
-
-
-@dataclass(frozen=True)
-class ClientEnrolment:
-    """What the server stores about a client at enrolment.
-
-    ``identity_public_key``: the client's raw Ed25519 public key (32 B). ``history_commitment``:
-    SHA-256 commitment to its history secret (32 B; ALGORITHMS.md 6.4). ``epsilon_budget`` and
-    ``delta``: its privacy budget (ε > 0 at δ in [0, 1)).
-    """
-
-    client_id: int
-    identity_public_key: bytes
-    history_commitment: bytes
-    epsilon_budget: float
-    delta: float
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "client_id", check_int(self.client_id, "client_id"))
-        object.__setattr__(
-            self, "identity_public_key", check_bytes(self.identity_public_key, "identity_public_key", length=PUBLIC_KEY_BYTES)
-        )
-        object.__setattr__(
-            self, "history_commitment", check_bytes(self.history_commitment, "history_commitment", length=SHA256_BYTES)
-        )
-        object.__setattr__(self, "epsilon_budget", check_float(self.epsilon_budget, "epsilon_budget", positive=True))
-        object.__setattr__(self, "delta", check_float(self.delta, "delta", minimum=0.0, below=1.0))
-
 
 class Repository:
     """Typed access to everything fedvault stores. Create with ``Repository(open_database(...))``

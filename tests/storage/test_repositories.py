@@ -294,3 +294,28 @@ def test_storage_usage_reports_rows_bytes_and_bits_per_parameter(repo, enrolled_
     assert checkpoint.rows == 1 and checkpoint.parameters == 25 and checkpoint.bits_per_parameter > 16
     assert usage.table("rounds").rows == 3 and usage.table("audit_log").rows > 3
     assert usage.database_bytes is not None and usage.database_bytes > usage.payload_bytes
+
+
+def test_iter_aggregates_streams_one_named_aggregate_in_round_order(repo, enrolled_run, make_round, aggregate_values_of):
+    for index in range(4):
+        repo.commit_round(enrolled_run, make_round(index, status="aborted" if index == 2 else "completed", records=False))
+    streamed = list(repo.iter_aggregates(enrolled_run, "update", batch_size=1))
+    assert [a.round_index for a in streamed] == [0, 1, 3]  # the aborted round has none
+    assert all(np.array_equal(a.values, aggregate_values_of(a.round_index)) for a in streamed)
+    assert [a.round_index for a in repo.iter_aggregates(enrolled_run, "mean")] == [0, 1, 3]
+    assert list(repo.iter_aggregates(enrolled_run, "no-such-name")) == []
+
+
+def test_checkpoint_due_every_k_rounds_and_after_the_last():
+    assert [r for r in range(10) if checkpoint_due(r, every=3)] == [2, 5, 8]
+    assert [r for r in range(10) if checkpoint_due(r, every=3, last_round=9)] == [2, 5, 8, 9]
+    assert [r for r in range(5) if checkpoint_due(r, every=0, last_round=4)] == [4]
+    with pytest.raises(StorageValueError):
+        checkpoint_due(5, every=2, last_round=4)
+    with pytest.raises(StorageValueError):
+        checkpoint_due(-1, every=2)
+
+
+def test_repository_needs_a_database():
+    with pytest.raises(StorageValueError, match="open_database"):
+        repositories.Repository("fedvault.db")
