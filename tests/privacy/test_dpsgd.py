@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -49,6 +51,15 @@ def test_steps_are_the_integer_ceiling_of_epochs_times_n_over_b():
     plan = plan_dp_sgd(60000, 1.1, expected_batch_size=256, steps=500)
     assert plan.steps == 500 and plan.sample_rate == 256 / 60000
     assert plan.expected_batch_size == pytest.approx(256.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(1, 10**7), epochs=st.integers(1, 500), data=st.data())
+def test_steps_are_the_fewest_that_cover_the_epochs(size, epochs, data):
+    batch = data.draw(st.integers(1, size))
+    steps = plan_dp_sgd(size, 1.0, expected_batch_size=batch, epochs=epochs).steps
+    # The fewest steps whose expected examples (steps·B) reach epochs·N.
+    assert steps * batch >= epochs * size > (steps - 1) * batch
 
 
 def test_float_sample_rate_counts_steps_on_its_decimal_value():
