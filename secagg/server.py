@@ -34,8 +34,8 @@ from secagg.config import RoundConfig, permutation_seed
 from secagg.errors import (
     AuthenticationError,
     ConfigurationError,
-    InvalidKeyError,
     InconsistentSharesError,
+    InvalidKeyError,
     NotEnoughSharesError,
     ProtocolError,
     RoundAbortedError,
