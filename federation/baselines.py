@@ -85,6 +85,7 @@ def run_diana(
     start=None,
     record_every: int = 1,
     stop_below: float | None = None,
+    name: str | None = None,
 ) -> Trace:
     """DIANA (Mishchenko et al., arXiv 1901.09269; §5.2 with ν = 1, λ = 1/(1 + ω)).
 
@@ -101,7 +102,7 @@ def run_diana(
     bits = compressor.uplink_bits(d, n)
     x = _start(problem, start)
     shifts = np.zeros((n, d))
-    recorder = TraceRecorder(f"DIANA/{compressor.name}", problem, optimum, optimal_value, record_every, stop_below)
+    recorder = TraceRecorder(name or f"DIANA/{compressor.name}", problem, optimum, optimal_value, record_every, stop_below)
     recorder.record(0, 0, x)
     for t in range(1, iterations + 1):
         sent = compressor.compress(_client_gradients(problem, np.tile(x, (n, 1))) - shifts, rng)
@@ -160,6 +161,7 @@ def run_scaffnew(
     start=None,
     record_every: int = 1,
     stop_below: float | None = None,
+    name: str = "Scaffnew",
 ) -> Trace:
     """Scaffnew with uniform weights over the φ_i; γ = 1/L, p = 1/√κ is the theory's choice.
 
@@ -174,7 +176,7 @@ def run_scaffnew(
     bits = FLOAT_BITS * problem.dimension
     x = np.tile(_start(problem, start), (n, 1))
     h = np.zeros_like(x)
-    recorder = TraceRecorder("Scaffnew", problem, optimum, optimal_value, record_every, stop_below)
+    recorder = TraceRecorder(name, problem, optimum, optimal_value, record_every, stop_below)
     recorder.record(0, 0, x.mean(axis=0))
     communications = 0
     for t in range(iterations):
@@ -203,6 +205,7 @@ def run_local_gd(
     optimal_value=None,
     start=None,
     stop_below: float | None = None,
+    name: str | None = None,
 ) -> Trace:
     """FedAvg with full local gradients: each round K = ``local_steps`` GD steps on φ_i from the
     global model, then the server averages; 32d bits per client per round. Recorded per round."""
@@ -212,7 +215,7 @@ def run_local_gd(
     n = problem.num_clients
     bits = FLOAT_BITS * problem.dimension
     x = _start(problem, start)
-    recorder = TraceRecorder(f"FedAvg (K={local_steps})", problem, optimum, optimal_value, 1, stop_below)
+    recorder = TraceRecorder(name or f"FedAvg (K={local_steps})", problem, optimum, optimal_value, 1, stop_below)
     recorder.record(0, 0, x)
     for r in range(1, rounds + 1):
         local = np.tile(x, (n, 1))

@@ -20,7 +20,8 @@ brings, and the result's ``update`` is Δ = local − start as a flat float32 ve
 Both accept any user ``nn.Module`` (the model template is copied once; its weights are replaced
 by ``start`` at every call) and any loss with mean reduction. FedP3's pruned training passes
 ``keep_masks`` (parameter name -> bool mask of kept entries, from
-``privacy.fedp3.prune_for_client``): pruned entries stay exactly zero through training.
+``privacy.fedp3.prune_for_client``): pruned entries stay exactly zero through training
+(:mod:`federation.fedp3_training` wires the whole FedP3 client step).
 LoCoDL, which keeps client state across rounds, lives in :mod:`federation.locodl_clients`.
 """
 
@@ -155,6 +156,11 @@ class LocalTrainer(ABC):
     def dimension(self) -> int:
         """d, the length of ``start`` and of ``TrainResult.update``."""
         return self._layout.size
+
+    @property
+    def layout(self) -> ParameterLayout:
+        """Names, shapes and offsets of the parameters inside ``start`` and ``update``."""
+        return self._layout
 
     def privacy_events(self, num_samples: int) -> tuple[Any, ...]:
         """Events ``train`` will incur on a client with ``num_samples`` examples; charge them
