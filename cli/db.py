@@ -7,28 +7,10 @@ import shlex
 
 import click
 
-from storage.engine import DATABASE_ENV_VAR, DEFAULT_DATABASE, open_database
+from cli.options import database_option, json_option
+from storage.engine import open_database
 from storage.errors import SchemaMissingError
 from storage import migrate
-
-_DB_HELP = (
-    "Database: a file path (SQLite) or an SQLAlchemy URL such as "
-    "postgresql+psycopg://user@host:5432/name."
-)
-
-
-def _db_option(function):
-    return click.option(
-        "--db",
-        "database",
-        metavar="PATH|URL",
-        envvar=DATABASE_ENV_VAR,
-        show_envvar=True,
-        default=DEFAULT_DATABASE,
-        show_default=True,
-        help=_DB_HELP,
-    )(function)
-
 
 @click.group("db")
 def db() -> None:
@@ -40,16 +22,16 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@_db_option
+@database_option
 @click.option(
     "--revision",
     default="head",
     show_default=True,
     help="Schema revision to upgrade to; 'head' is the newest this fedvault knows.",
 )
-def upgrade(database: str, revision: str) -> None:
+def upgrade(db: str, revision: str) -> None:
     """Create the schema in an empty database, or migrate an older one, in one transaction."""
-    with open_database(database, create=True, check_schema=False) as handle:
+    with open_database(db, create=True, check_schema=False) as handle:
         result = migrate.upgrade_database(handle, revision)
     if result.changed:
         before = result.previous or "empty"
@@ -59,17 +41,17 @@ def upgrade(database: str, revision: str) -> None:
 
 
 @db.command("current")
-@_db_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-def current(database: str, as_json: bool) -> None:
+@database_option
+@json_option
+def current(db: str, as_json: bool) -> None:
     """Show the database's schema revision and whether it is the newest (head)."""
     try:
-        with open_database(database, create=False, check_schema=False) as handle:
+        with open_database(db, create=False, check_schema=False) as handle:
             status = migrate.schema_status(handle)
             location, revision, known = handle.location, status.current, status.known
     except SchemaMissingError:
         # A SQLite file that does not exist yet: report it without creating it.
-        location, revision, known = database, None, True
+        location, revision, known = db, None, True
     head = migrate.head_revision()
     if as_json:
         report = {"database": location, "revision": revision, "head": head, "is_head": revision == head, "known": known}
