@@ -112,7 +112,7 @@ def test_every_db_option_has_help_text():
         assert "--db PATH|URL" in output and "FEDVAULT_DB" in output and "SQLAlchemy URL" in output
         assert "default: fedvault.db" in output
     assert "newest this fedvault knows" in _help("db", "upgrade")
-    assert "Print one JSON object" in _help("db", "current")
+    assert "machine-readable JSON" in _help("db", "current")
 
 
 def test_a_cli_error_is_one_line_and_exit_code_2(tmp_path):
