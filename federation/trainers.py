@@ -55,7 +55,8 @@ _BATCH_ORDER_LABEL = "fedvault/federation/batch-order"
 class TrainResult:
     """One client's local training outcome.
 
-    ``update``: (d,) float32, Δ = trained − start. ``num_samples``: local examples (the FedAvg
+    ``update``: (d,) float32, Δ = trained − start (float64 from the LoCoDL client, whose exact
+    convergence needs it). ``num_samples``: local examples (the FedAvg
     weight). ``loss``: mean training loss over the local steps (NaN when no step saw data).
     ``steps``: optimizer steps taken. ``events``: privacy events this training incurred (for the
     ledger's "dp-sgd" stream; empty for non-private training).
@@ -224,7 +225,15 @@ class SGDTrainer(LocalTrainer):
             raise TrainingError(f"config must be an SGDConfig, got {type(config).__name__}")
         self.config = config
 
-    def train(self, start, data, round_seed, *, client_id=0, keep_masks=None) -> TrainResult:
+    def train(
+        self,
+        start: np.ndarray,
+        data: ClientInput,
+        round_seed: bytes,
+        *,
+        client_id: int = 0,
+        keep_masks: Mapping[str, np.ndarray] | None = None,
+    ) -> TrainResult:
         generator = torch.Generator().manual_seed(batch_order_seed(round_seed, client_id))
         loader = as_loader(data, self.config.batch_size, generator)
         initial, masks = self._start(start, keep_masks)
@@ -300,7 +309,15 @@ class DPSGDTrainer(LocalTrainer):
     def privacy_events(self, num_samples: int) -> tuple[Any, ...]:
         return (self.plan(num_samples).event,)
 
-    def train(self, start, data, round_seed, *, client_id=0, keep_masks=None) -> TrainResult:
+    def train(
+        self,
+        start: np.ndarray,
+        data: ClientInput,
+        round_seed: bytes,
+        *,
+        client_id: int = 0,
+        keep_masks: Mapping[str, np.ndarray] | None = None,
+    ) -> TrainResult:
         from privacy.dpsgd import train_dp_sgd
 
         batch_order_seed(round_seed, client_id)  # validates the arguments like the other trainers
