@@ -70,7 +70,7 @@ def test_distance_to_optimum_falls_geometrically_to_1e_10_without_plateau(proble
 
 def test_optimum_with_optimal_control_variates_is_a_fixed_point(problem):
     objective, optimum, _ = problem
-    n, d = CLIENTS, objective.dimension
+    n = CLIENTS
     u = objective.client_gradients(np.tile(optimum, (n, 1)))
     v = objective.shared_gradient(optimum)
     assert np.abs(u.mean(axis=0) + v).max() < 1e-12  # ∇F(x*) = 0
