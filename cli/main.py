@@ -15,7 +15,9 @@ import click
 # name -> "module:attribute". Each module holds one click command or group.
 COMMANDS: dict[str, str] = {
     "demo": "cli.demo:demo",
+    "run": "cli.run:run",
     "db": "cli.db:db",
+    "history": "cli.history:history",
 }
 
 # Each package's error base. The CLI prints their message as one line and exits 2.

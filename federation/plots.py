@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_accuracy_and_epsilon(rounds: Sequence[int], accuracy: Sequence[float], epsilon: Sequence[float],
@@ -25,6 +26,7 @@ def plot_accuracy_and_epsilon(rounds: Sequence[int], accuracy: Sequence[float], 
         left.axhline(baseline_accuracy, color="tab:blue", linestyle="--", linewidth=1,
                      label=f"float32 FedAvg baseline ({baseline_accuracy:.3f})")
     left.set_xlabel("round")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_ylabel("test accuracy", color="tab:blue")
     left.set_ylim(0, 1)
     right = left.twinx()
@@ -51,6 +53,7 @@ def plot_upload_bytes(rounds: Sequence[int], bytes_per_client: Sequence[float], 
     axis.axhline(float32_bytes, color="black", linestyle="--", linewidth=1,
                  label=f"float32 update ({float32_bytes / 1024:.1f} KiB)")
     axis.set_xlabel("round")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel("bytes")
     axis.set_title("Uplink bytes per client")
     axis.legend(fontsize=8)

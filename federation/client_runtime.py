@@ -1,0 +1,121 @@
+"""One client of a run: local data, local training, clip → encode → noise → wrap, and SecAgg+.
+
+A ``ClientRuntime`` is what a real client machine runs; in a simulation it lives inside a worker
+process (``federation.workers``) and only serialized protocol messages and model vectors reach it.
+Its norm, its update and its noise never leave it; what leaves is the masked vector (and, with
+unlearning, a sealed history record only it can open).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from federation.config import RunConfig
+from federation.errors import FederationError
+from federation.keystore import load_or_create_keys
+from federation.round_plan import RoundPlan
+from privacy.clipping import clip_l2
+from privacy.discrete_gaussian import sample_discrete_gaussian
+from privacy.skellam import sample_skellam
+from secagg.client import SecAggClient
+from secagg.modular import wrap
+from unlearning.secrets import history_commitment
+
+
+class ClientRefusedError(FederationError):
+    """The client declined the round (plan it does not accept, or its own budget check failed)."""
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What a client tells the server after local training: public, no norms, no values."""
+
+    client_id: int
+    num_samples: int
+    train_loss: float
+    sample_events: tuple = ()  # DP-SGD's privacy events (public descriptions), charged by the server
+
+
+@dataclass(frozen=True)
+class ClientFactory:
+    """Builds a ClientRuntime by id inside a worker process (picklable)."""
+
+    config: RunConfig
+    run_id: int
+    key_directory: str
+
+    def __call__(self, client_id: int) -> ClientRuntime:
+        return ClientRuntime(client_id, self.config, self.run_id, Path(self.key_directory))
+
+
+class ClientRuntime:
+    def __init__(self, client_id: int, config: RunConfig, run_id: int, key_directory: Path) -> None:
+        from federation.learning import LocalLearner  # torch is imported only inside workers
+
+        self.client_id = client_id
+        self.config = config
+        self.run_id = run_id
+        self.keys = load_or_create_keys(key_directory / f"client-{client_id}.key", client_id)
+        self.learner = LocalLearner.for_client(config, client_id)
+        self._identity_directory: dict[int, bytes] = {}
+        self._secagg: SecAggClient | None = None
+        self._plan_bytes: bytes | None = None
+        self._pending_input: np.ndarray | None = None
+
+    # --- enrolment ---------------------------------------------------------------------------
+
+    def enrolment(self) -> tuple[bytes, bytes]:
+        """(Ed25519 identity public key, SHA-256 commitment to the history secret)."""
+        commitment = history_commitment(self.run_id, self.client_id, self.keys.history_secret)
+        return self.keys.identity.public_bytes, commitment
+
+    def set_directory(self, identity_keys: dict[int, bytes]) -> None:
+        """The enrolled identity keys of all clients (from enrolment, not from a round's server)."""
+        self._identity_directory = dict(identity_keys)
+
+    # --- one round ---------------------------------------------------------------------------
+
+    def prepare(self, plan_bytes: bytes, global_parameters: np.ndarray) -> TrainReport:
+        """Train locally from the global model, then clip, encode, noise and wrap the update.
+
+        The integer vector waits for the SecAgg+ masked-input stage; the round's SecAgg+ client is
+        created here, so a client that never prepared cannot answer the round's messages.
+        """
+        plan = RoundPlan.from_bytes(plan_bytes)
+        if plan.dimension != global_parameters.size:
+            raise ClientRefusedError(f"plan dimension {plan.dimension} != model size {global_parameters.size}")
+        result = self.learner.train(global_parameters, plan.round_seed)
+        clipped, _norm = clip_l2(result.update.astype(np.float64), plan.clip_norm)  # the norm stays here
+        codec = plan.codec()
+        coordinates = codec.encode(clipped, plan.round_seed, self.client_id)
+        coordinates += self._noise(plan, coordinates.size)
+        self._pending_input = wrap(coordinates, plan.bits)
+        self._plan_bytes = bytes(plan_bytes)
+        self._secagg = SecAggClient(self.client_id, self.keys.identity, self._identity_directory)
+        return TrainReport(self.client_id, result.num_samples, result.loss, tuple(result.events))
+
+    def _noise(self, plan: RoundPlan, size: int) -> np.ndarray:
+        noise = plan.noise
+        if noise.mode == "none":
+            return np.zeros(size, dtype=np.int64)
+        if noise.mechanism == "skellam":
+            return sample_skellam(noise.parameter, size)
+        return sample_discrete_gaussian(noise.parameter, size)
+
+    def handle(self, message: bytes) -> bytes:
+        """Answer one SecAgg+ request of the current round."""
+        if self._secagg is None:
+            raise ClientRefusedError("no round in progress on this client")
+        first = self._secagg.config is None
+        reply = self._secagg.handle(message)
+        if first:
+            # The plan inside the signed round config must be the one this client encoded for.
+            if self._secagg.config.application_config != self._plan_bytes:
+                self._secagg = None
+                raise ClientRefusedError("the round's signed plan differs from the plan this client trained for")
+            self._secagg.set_input(self._pending_input)
+            self._pending_input = None
+        return reply

@@ -1,0 +1,271 @@
+"""The server's round loop (ARCHITECTURE.md, "One round, as data").
+
+Per round: sample a cohort (Poisson, rate q) among active clients whose budget allows the round;
+announce the round plan; clients train and encode in their worker processes; the real SecAgg+
+server state machine runs the four stages over serialized messages, with simulated dropouts;
+the server decodes the secure sum, steps the model, evaluates it, and commits the whole round
+(round row, aggregates, checkpoint, ledger charges, audit entry) in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from federation.client_runtime import ClientFactory, TrainReport
+from federation.config import RunConfig
+from federation.errors import ResumeError
+from federation.evaluation import GlobalModel
+from federation.privacy_plan import PrivacyPlanner, table_dropout
+from federation.round_plan import RoundPlan, default_step
+from federation.workers import ClientFailure, WorkerPool
+from secagg.codec import plan_bits
+from secagg.errors import ProtocolError, RoundAbortedError
+from secagg.graph import default_parameters
+from secagg.modular import centered_lift
+from secagg.server import SecAggServer
+from secagg.simulate import make_config
+from secagg.stages import STAGES
+from storage.entities import AggregateWrite, CheckpointWrite, LedgerEntryWrite, RoundWrite
+from storage.repositories import ClientEnrolment, Repository
+
+ROUND_SEED_BYTES = 32
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """One line of the run's report."""
+
+    round_index: int
+    status: str
+    accuracy: float
+    loss: float
+    epsilon_spent: float
+    cohort: int
+    survivors: int
+    dropouts: int
+    upload_bytes_per_client: float
+    seconds: float
+    abort_reason: str | None = None
+
+
+@dataclass
+class RunSummary:
+    run_id: int
+    config: RunConfig
+    rounds: list[RoundSummary] = field(default_factory=list)
+    parameters: int = 0
+    bits: int = 0
+    lattice: str = ""
+    float32_update_bytes: int = 0
+
+    @property
+    def final_accuracy(self) -> float:
+        completed = [r for r in self.rounds if r.status == "completed"]
+        return completed[-1].accuracy if completed else float("nan")
+
+
+class Coordinator:
+    """Runs (or resumes) one federated run against a repository.
+
+    ``key_directory`` holds the simulated clients' key files (each client's own secret material);
+    ``on_round`` is called after each committed round.
+    """
+
+    def __init__(self, config: RunConfig, repository: Repository, *, key_directory: Path,
+                 run_id: int | None = None, name: str | None = None) -> None:
+        self.repository = repository
+        self.key_directory = Path(key_directory)
+        if run_id is None:
+            self.config = config
+            self.run_id = repository.create_run(config.to_dict(), name=name).id
+            self.start_round = 0
+        else:
+            stored = repository.get_run(run_id)  # StorageError names a missing run
+            self.config = RunConfig.from_dict(stored.config)
+            self.run_id = run_id
+            if stored.status == "completed":
+                raise ResumeError(f"run {run_id} already completed all {self.config.rounds} rounds")
+            self.start_round = repository.next_round_index(run_id)
+        self.model = GlobalModel.for_config(self.config)
+        self.dimension = self.model.parameter_count
+        self.step = self.config.step or default_step(self.config.clip_norm, self.dimension, self.config.lattice)
+        self.privacy = PrivacyPlanner(self.config, self.dimension, self.step)
+        self.bits = self.config.bits or plan_bits(
+            self.config.clip_norm, self.step, self.config.lattice, self.config.clients, self.dimension,
+            noise_std=self.privacy.noise_share.std)
+        self._simulation = np.random.default_rng(self.config.seed)  # dropouts/sampling: simulation only
+
+    # --- set-up ------------------------------------------------------------------------------
+
+    def _enrol(self, pool: WorkerPool) -> dict[int, bytes]:
+        ids = list(range(self.config.clients))
+        answers = pool.call("enrolment", {client_id: () for client_id in ids})
+        failures = [a for a in answers.values() if isinstance(a, ClientFailure)]
+        if failures:
+            raise ResumeError(f"client {failures[0].client_id} could not load its keys: {failures[0].message}")
+        if self.start_round == 0 and not self.repository.list_clients(self.run_id):
+            self.repository.enrol_clients(self.run_id, [
+                ClientEnrolment(client_id, public_key, commitment, self.config.client_budget, self.config.delta)
+                for client_id, (public_key, commitment) in sorted(answers.items())
+            ])
+        enrolled = {c.client_id: c.identity_public_key for c in self.repository.list_clients(self.run_id)}
+        for client_id, (public_key, _) in answers.items():
+            if enrolled.get(client_id) != public_key:
+                raise ResumeError(f"client {client_id}'s key file does not match its enrolled identity key")
+        pool.call("set_directory", {client_id: (enrolled,) for client_id in ids})
+        return enrolled
+
+    def _restore(self) -> None:
+        """Rebuild the model and the ledger's running totals from what was committed."""
+        if self.start_round == 0:
+            return
+        checkpoint = self.repository.load_checkpoint(self.run_id)
+        replay_from = 0
+        if checkpoint is not None:
+            self.model.load_flat(checkpoint.tensors["flat"])
+            replay_from = checkpoint.round_index + 1
+        for aggregate in self.repository.iter_aggregates(self.run_id, "mean_update"):
+            if aggregate.round_index >= replay_from:
+                self.model.apply_update(aggregate.values, self.config.server_learning_rate)
+        self.privacy.restore(self.repository.ledger_entries(self.run_id))
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self, on_round: Callable[[RoundSummary], None] | None = None) -> RunSummary:
+        summary = RunSummary(self.run_id, self.config, parameters=self.dimension, bits=self.bits,
+                             lattice=self.config.lattice, float32_update_bytes=4 * self.dimension)
+        self._restore()
+        factory = ClientFactory(self.config, self.run_id, str(self.key_directory))
+        self.repository.set_run_status(self.run_id, "running")
+        with WorkerPool(factory, range(self.config.clients), workers=self.config.workers) as pool:
+            identity_keys = self._enrol(pool)
+            for round_index in range(self.start_round, self.config.rounds):
+                result = self._round(pool, identity_keys, round_index)
+                summary.rounds.append(result)
+                if on_round is not None:
+                    on_round(result)
+        self.repository.set_run_status(self.run_id, "completed")
+        return summary
+
+    def _sample_cohort(self) -> list[int]:
+        active = [c.client_id for c in self.repository.list_clients(self.run_id, status="active")]
+        eligible = [c for c in active if self.privacy.can_participate(c)]
+        chosen = [c for c in eligible if self._simulation.random() < self.config.sample_rate]
+        return chosen
+
+    def _dropouts(self, cohort: list[int]) -> dict[str, set[int]]:
+        """Which clients vanish before answering each stage (independently, rate per stage)."""
+        drops: dict[str, set[int]] = {stage: set() for stage in STAGES}
+        alive = list(cohort)
+        for stage in STAGES:
+            for client_id in list(alive):
+                if self._simulation.random() < self.config.dropout_rate / len(STAGES):
+                    drops[stage].add(client_id)
+                    alive.remove(client_id)
+        return drops
+
+    def _round(self, pool: WorkerPool, identity_keys: dict[int, bytes], round_index: int) -> RoundSummary:
+        started = datetime.now(UTC)
+        clock = time.perf_counter()
+        cohort = self._sample_cohort()
+        floor = self.privacy.noise_share.floor
+        plan = RoundPlan(round_index=round_index, round_seed=os.urandom(ROUND_SEED_BYTES),
+                         dimension=self.dimension, lattice=self.config.lattice, step=self.step,
+                         bits=self.bits, clip_norm=self.config.clip_norm, noise=self.privacy.noise_share)
+        if len(cohort) < max(2, floor):
+            return self._abort(round_index, cohort, started, clock, {},
+                               f"only {len(cohort)} eligible clients sampled; at least {max(2, floor)} needed")
+        neighbours, threshold = self._graph_parameters(len(cohort))
+        threshold = max(threshold, floor)
+        plan_bytes = plan.to_bytes()
+        round_config = make_config(cohort, self.bits, plan.coordinates(), neighbours_k=neighbours,
+                                   threshold=threshold, round_index=round_index, application_config=plan_bytes)
+        server = SecAggServer(round_config, {c: identity_keys[c] for c in cohort})
+        parameters = self.model.flat()
+
+        reports = pool.call("prepare", {c: (plan_bytes, parameters) for c in cohort})
+        failed_training = {c for c, r in reports.items() if not isinstance(r, TrainReport)}
+        drops = self._dropouts(cohort)
+        drops[STAGES[0]] |= failed_training
+        gone: set[int] = set()
+        upload = 0
+        charged: list[LedgerEntryWrite] = []
+        try:
+            for stage in STAGES:
+                gone |= drops[stage]
+                requests = server.broadcast()
+                if stage == STAGES[2]:  # charge before any client uploads its masked input
+                    charged = self.privacy.charge(
+                        [c for c in requests if c not in gone], round_index, survivors_floor=threshold,
+                        sample_events={c: reports[c].sample_events for c in requests if c not in gone})
+                live = {c: (message,) for c, message in requests.items() if c not in gone}
+                replies = pool.call("handle", live)
+                for client_id, reply in replies.items():
+                    if isinstance(reply, ClientFailure):
+                        gone.add(client_id)
+                        continue
+                    try:
+                        server.receive(client_id, reply)
+                        upload += len(reply)
+                    except ProtocolError:
+                        gone.add(client_id)
+                server.advance()
+        except RoundAbortedError as error:
+            return self._abort(round_index, cohort, started, clock, drops, str(error), charged)
+        outcome = server.result
+        survivors = sorted(outcome.survivors)
+        codec = plan.codec()
+        total = codec.decode_sum(outcome.sum, plan.round_seed, survivors, self.dimension)
+        mean_update = (total / len(survivors)).astype(np.float32)
+        self.model.apply_update(mean_update, self.config.server_learning_rate)
+        accuracy, loss = self.model.evaluate()
+        weights = {c: 1.0 / len(survivors) for c in survivors}
+        checkpoint = None
+        if (round_index + 1) % self.config.checkpoint_every == 0 or round_index + 1 == self.config.rounds:
+            checkpoint = CheckpointWrite({"flat": self.model.flat()})
+        dropped = {stage: sorted(ids) for stage, ids in outcome.dropped.items() if ids}
+        write = RoundWrite(
+            round_index=round_index, cohort=cohort, survivors=survivors, started_at=started,
+            finished_at=datetime.now(UTC), dropouts=dropped, client_weights=weights,
+            parameters=self._public_parameters(plan, neighbours, threshold),
+            bytes_uploaded=upload,
+            aggregates=(AggregateWrite(centered_lift(outcome.sum, self.bits), kind="lattice_sum"),
+                        AggregateWrite(mean_update, kind="mean_update", name="mean_update")),
+            checkpoint=checkpoint, ledger_entries=charged,
+            audit_details={"accuracy": accuracy, "survivors": len(survivors)},
+        )
+        self.repository.commit_round(self.run_id, write)
+        return RoundSummary(round_index, "completed", accuracy, loss, self.privacy.max_epsilon(), len(cohort),
+                            len(survivors), len(cohort) - len(survivors), upload / max(1, len(cohort)),
+                            time.perf_counter() - clock)
+
+    def _graph_parameters(self, cohort_size: int) -> tuple[int, int]:
+        if self.config.neighbours is not None and self.config.threshold is not None:
+            neighbours = min(self.config.neighbours, cohort_size - 1)
+            return neighbours, min(self.config.threshold, neighbours + 1)
+        return default_parameters(cohort_size, dropout=table_dropout(self.config.dropout_rate))
+
+    def _public_parameters(self, plan: RoundPlan, neighbours: int, threshold: int) -> dict:
+        return {"lattice": plan.lattice, "step": plan.step, "bits": plan.bits, "clip_norm": plan.clip_norm,
+                "noise": plan.noise.mode, "mechanism": plan.noise.mechanism,
+                "noise_parameter": plan.noise.parameter, "neighbours": neighbours, "threshold": threshold,
+                "round_seed": plan.round_seed.hex(), "dimension": plan.dimension}
+
+    def _abort(self, round_index, cohort, started, clock, drops, reason, charged=()) -> RoundSummary:
+        """Record an aborted round (nothing was revealed; charges made before upload stand)."""
+        if cohort:
+            self.repository.commit_round(self.run_id, RoundWrite(
+                round_index=round_index, cohort=cohort, survivors=[], started_at=started,
+                finished_at=datetime.now(UTC), status="aborted", stage="aborted",
+                dropouts={stage: sorted(ids) for stage, ids in drops.items() if ids},
+                ledger_entries=list(charged), audit_details={"reason": reason}))
+        accuracy, loss = self.model.evaluate()
+        return RoundSummary(round_index, "aborted", accuracy, loss, self.privacy.max_epsilon(), len(cohort), 0,
+                            len(cohort), 0.0, time.perf_counter() - clock, abort_reason=reason)
