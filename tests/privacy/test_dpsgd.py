@@ -6,19 +6,33 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opacus.accountants import RDPAccountant
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from privacy.accounting import recompute_epsilon
 from privacy.dpsgd import (
     DpSgdError,
     calibrate_noise_multiplier,
+    dp_sgd_event,
     opacus_rdp_epsilon,
     plan_dp_sgd,
     train_dp_sgd,
 )
 from privacy.errors import CalibrationError
+from privacy.events import GaussianEvent, PoissonSampledEvent, SelfComposedEvent, event_from_json, event_to_json
 
 DELTA = 1e-5
+
+
+def epsilon_from_event(event, delta=DELTA):
+    """Recompute ε from the charged event alone, with a fresh Opacus RDP accountant."""
+    assert isinstance(event, SelfComposedEvent)
+    sampled = event.event
+    assert isinstance(sampled, PoissonSampledEvent) and isinstance(sampled.event, GaussianEvent)
+    accountant = RDPAccountant()
+    accountant.history = [(sampled.event.noise_multiplier, sampled.sampling_rate, event.count)]
+    return accountant.get_epsilon(delta=delta)
 
 
 def separable_data(n=96, features=4, seed=0):
@@ -97,11 +111,18 @@ def test_noise_multiplier_must_be_positive(sigma):
         plan_dp_sgd(100, sigma, expected_batch_size=10, steps=5)
 
 
-# --- accounting oracles --------------------------------------------------------
+# --- events and accounting oracles --------------------------------------------------------
+
+
+def test_event_is_a_self_composed_poisson_sampled_gaussian():
+    event = plan_dp_sgd(60000, 1.1, expected_batch_size=256, steps=14062).event
+    assert event == SelfComposedEvent(PoissonSampledEvent(256 / 60000, GaussianEvent(1.1)), 14062)
+    assert event_from_json(event_to_json(event)) == event
 
 
 def test_published_rdp_oracles():
     # TF-Privacy's MNIST default (ALGORITHMS §3.6) and Opacus' own test constant.
+    assert round(epsilon_from_event(dp_sgd_event(1.1, 256 / 60000, 14062)), 4) == 2.5966
     assert opacus_rdp_epsilon(1.1, 256 / 60000, 14062, DELTA) == pytest.approx(2.5966, abs=5e-5)
     assert opacus_rdp_epsilon(1.5, 0.04, 2250, DELTA) == pytest.approx(7.32911117143, rel=1e-9)
 
@@ -144,6 +165,12 @@ def test_training_charges_exactly_what_opacus_accounted():
     result = train_dp_sgd(model, optimizer, dataset, plan, max_grad_norm=1.0, delta=DELTA,
                           sampling_generator=seeded(1), noise_generator=seeded(2))
     assert result.accountant_history == ((1.3, 0.125, 16),)
+    assert result.event == dp_sgd_event(1.3, 0.125, 16)
+    # ε recomputed from the event alone equals the engine's own accountant, by hand and through
+    # the ledger's accountant (Opacus replay and fedvault's own RDP curves).
+    assert epsilon_from_event(result.event) == result.opacus_epsilon
+    assert recompute_epsilon([result.event], DELTA, "opacus-rdp") == result.opacus_epsilon
+    assert recompute_epsilon([result.event], DELTA) == pytest.approx(result.opacus_epsilon, rel=1e-9)
     assert result.opacus_epsilon == opacus_rdp_epsilon(1.3, 0.125, 16, DELTA)
     assert result.model is model
     # Opacus' hooks are gone: the model trains normally afterwards.
