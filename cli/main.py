@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "demo": "cli.demo:demo",
     "run": "cli.run:run",
     "db": "cli.db:db",
+    "audit": "cli.audit:audit",
     "history": "cli.history:history",
 }
 

@@ -1,0 +1,377 @@
+"""``fedvault audit``: each client's privacy budget, recomputed from the ledger's stored events.
+
+The ledger stores every release as a dp-accounting-style event description (``privacy.events``)
+next to the ε the ledger computed when it charged it (``epsilon_after``). The audit trusts
+neither the stored ε nor the code that wrote it: it rebuilds every client's events from their
+JSON, composes all of a client's streams (update LDP, DP-SGD, distributed noise) with the named
+accountant, and checks that
+
+- replaying the ledger's own accountant (running RDP) over the entries reproduces each stored
+  ``epsilon_after`` to 1e-6 relative,
+- no client spent more than its budget,
+- every client's hash-chained ledger and the run's audit log verify.
+
+Any failure is reported by name and the command exits 1 (an error such as an unknown run
+exits 2 with one line, as every fedvault command does).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from cli.options import database_option, json_option
+from cli.tables import Column, format_number, render_table
+from privacy.accounting import ACCOUNTANTS, RunningRdp, recompute_epsilon
+from privacy.errors import PrivacyError, UnsupportedEventError
+from privacy.events import (
+    ComposedEvent,
+    Event,
+    PoissonSampledEvent,
+    SelfComposedEvent,
+    event_from_json,
+    event_to_json,
+)
+from storage import ChainVerification, ClientInfo, LedgerEntryRead, Repository
+from storage.errors import RunNotFoundError
+
+#: How the report names each accountant of ``privacy.accounting.recompute_epsilon``.
+ACCOUNTANT_NAMES = {
+    "rdp": "RDP accountant (fedvault's RDP curves on integer and Opacus orders; the ledger's own)",
+    "opacus-rdp": "Opacus RDPAccountant",
+    "prv": "Opacus PRVAccountant (privacy random variables)",
+    "pld": "dp-accounting PLDAccountant (privacy loss distributions)",
+    "dp-accounting-rdp": "dp-accounting RdpAccountant",
+}
+#: The relative tolerance between a stored ``epsilon_after`` and its recomputation.
+EPSILON_RELATIVE_TOLERANCE = 1e-6
+#: ε values below this are equal to zero for the tolerance test (no release at all).
+_EPSILON_FLOOR = 1e-12
+EXIT_AUDIT_FAILED = 1
+CSV_COLUMNS = ("client_id", "status", "rounds_charged", "entries", "epsilon", "delta", "ledger_epsilon",
+               "ledger_delta", "budget", "budget_left", "mechanisms", "streams", "accountant")
+
+
+@dataclass(frozen=True)
+class ClientBudget:
+    """One client's audited budget. ``epsilon`` is recomputed by the named accountant at
+    ``delta`` (None when the client's events could not be read); ``ledger_epsilon`` and
+    ``ledger_delta`` are the ledger's stored values after its last entry (None without entries);
+    ``budget_left`` is the budget minus the named accountant's ε at the client's own δ (the δ the
+    budget is stated at, whatever δ the report uses); ``problems`` lists what failed for this
+    client (empty when it passed)."""
+
+    client_id: int
+    status: str
+    rounds_charged: int
+    entries: int
+    epsilon: float | None
+    delta: float
+    ledger_epsilon: float | None
+    ledger_delta: float | None
+    budget: float
+    budget_left: float | None
+    mechanisms: tuple[str, ...]
+    streams: tuple[str, ...]
+    problems: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "status": self.status,
+            "rounds_charged": self.rounds_charged,
+            "entries": self.entries,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "ledger_epsilon": self.ledger_epsilon,
+            "ledger_delta": self.ledger_delta,
+            "budget": self.budget,
+            "budget_left": self.budget_left,
+            "mechanisms": list(self.mechanisms),
+            "streams": list(self.streams),
+            "ok": not self.problems,
+            "problems": list(self.problems),
+        }
+
+
+@click.command("audit")
+@database_option
+@click.option("--run", "run_id", type=click.IntRange(min=1), default=None, metavar="ID",
+              help="Run to audit (default: the newest run).")
+@click.option("--client", "client_id", type=int, default=None, metavar="ID",
+              help="Audit only this client (default: every enrolled client).")
+@click.option("--accountant", type=click.Choice(ACCOUNTANTS), default="rdp", show_default=True,
+              help="Accountant that recomputes ε from the stored events: rdp (Rényi DP, the ledger's own; every "
+                   "mechanism), prv (Opacus privacy random variables; tighter, Gaussian-type events only), "
+                   "opacus-rdp, pld or dp-accounting-rdp (cross-checks).")
+@click.option("--delta", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None,
+              help="Report ε at this δ instead of each client's enrolled δ.")
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, default=False,
+              help="Print the per-client table as CSV (verification results go to stderr).")
+def audit(db: str, run_id: int | None, client_id: int | None, accountant: str, delta: float | None,
+          as_json: bool, as_csv: bool) -> None:
+    """Audit the privacy budgets of a run from its ledger.
+
+    For each client: status (active or deleted), rounds charged, ε spent at δ recomputed from the
+    stored events of all its ledger entries (all noise streams composed) by the named accountant,
+    the ε the ledger stored for comparison, budget, budget left, mechanisms and streams. Then the
+    hash chains of the ledger and the audit log are verified.
+
+    Exit status: 0 when everything verifies; 1 when the audit fails (a stored ε that the ledger's
+    accountant does not reproduce to 1e-6 relative, a client over budget, an unreadable event,
+    or a broken hash chain), each failure named; 2 for an error (unknown run or client, no
+    database).
+    """
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    with Repository.open(db, create=False) as repository:
+        report = audit_run(repository, run_id=run_id, client_id=client_id, accountant=accountant, delta=delta)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif as_csv:
+        click.echo(render_csv(report), nl=False)
+        for line in verdict_lines(report):
+            click.echo(line, err=True)
+    else:
+        click.echo(render_report(report))
+    if not report["ok"]:
+        sys.exit(EXIT_AUDIT_FAILED)
+
+
+# --- the audit -------------------------------------------------------------------------------------
+
+
+def audit_run(repository: Repository, *, run_id: int | None = None, client_id: int | None = None,
+              accountant: str = "rdp", delta: float | None = None) -> dict[str, Any]:
+    """Audit one run (the newest when ``run_id`` is None), or one client of it.
+
+    Returns a JSON-ready report with the stable keys ``run_id``, ``run_name``, ``accountant``,
+    ``delta`` (the override, or None for each client's own), ``clients`` (one
+    :meth:`ClientBudget.as_json` each), ``verification`` (``ledger`` and ``audit_log``: ok,
+    chains, entries, problem), ``failures`` (every problem, one line each) and ``ok``.
+    Raises RunNotFoundError / ClientNotFoundError (storage errors) for unknown ids.
+    """
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}")
+    run = repository.get_run(run_id) if run_id is not None else _latest_run(repository)
+    if client_id is None:
+        clients = repository.list_clients(run.id)
+    else:
+        clients = [repository.get_client(run.id, client_id)]
+    entries = repository.ledger_entries(run.id, client_id)
+    by_client: dict[int, list[LedgerEntryRead]] = {client.client_id: [] for client in clients}
+    for entry in entries:  # the schema's foreign key ties every entry to an enrolled client
+        by_client[entry.client_id].append(entry)
+    budgets = [audit_client(client, by_client[client.client_id], accountant=accountant, delta=delta)
+               for client in clients]
+    ledger = repository.verify_ledger(run.id, client_id)
+    audit_log = repository.verify_audit_log(run.id)
+    failures = [f"client {budget.client_id}: {problem}" for budget in budgets for problem in budget.problems]
+    for name, verification in (("ledger", ledger), ("audit log", audit_log)):
+        if not verification.ok:
+            failures.append(f"{name} hash chain broken at {verification.first_bad}")
+    return {
+        "run_id": run.id,
+        "run_name": run.name,
+        "accountant": accountant,
+        "delta": delta,
+        "clients": [budget.as_json() for budget in budgets],
+        "verification": {"ledger": _chain_json(ledger), "audit_log": _chain_json(audit_log)},
+        "failures": failures,
+        "ok": not failures,
+    }
+
+
+def audit_client(client: ClientInfo, entries: Sequence[LedgerEntryRead], *, accountant: str,
+                 delta: float | None) -> ClientBudget:
+    """Recompute one client's ε from its ledger entries (in ledger order) and check them.
+
+    UnsupportedEventError (a PrivacyError) propagates when the named accountant cannot interpret
+    the client's events (e.g. PRV on Skellam noise): that is a wrong choice of accountant, not a
+    finding about the ledger.
+    """
+    report_delta = client.delta if delta is None else delta
+    problems: list[str] = []
+    events: list[Event] = []
+    for entry in entries:
+        try:
+            events.append(event_from_json(entry.event_json))
+        except PrivacyError as error:
+            problems.append(f"ledger entry #{entry.sequence} (round {entry.round_index}): event does not parse: "
+                            f"{_one_line(error)}")
+    epsilon = budget_left = None
+    if not problems:
+        try:
+            epsilon = _recompute(events, report_delta, accountant)
+            at_budget_delta = epsilon if report_delta == client.delta else _recompute(events, client.delta, accountant)
+            budget_left = client.epsilon_budget - at_budget_delta
+        except UnsupportedEventError as error:
+            raise UnsupportedEventError(f"client {client.client_id}: {_one_line(error)}") from None
+        except PrivacyError as error:
+            problems.append(f"epsilon cannot be recomputed: {_one_line(error)}")
+    if events and len(events) == len(entries):  # the ledger's stored values and budget, by its own accountant
+        mismatches, running = ledger_mismatches(entries, events)
+        problems.extend(mismatches)
+        problems.extend(_budget_problems(client, running))
+    last = entries[-1] if entries else None
+    return ClientBudget(
+        client_id=client.client_id,
+        status=client.status,
+        rounds_charged=len({entry.round_index for entry in entries}),
+        entries=len(entries),
+        epsilon=epsilon,
+        delta=report_delta,
+        ledger_epsilon=None if last is None else last.epsilon_after,
+        ledger_delta=None if last is None else last.delta,
+        budget=client.epsilon_budget,
+        budget_left=budget_left,
+        mechanisms=tuple(sorted({name for event in events for name in mechanism_names(event)})),
+        streams=tuple(sorted({entry.stream for entry in entries})),
+        problems=tuple(problems),
+    )
+
+
+def ledger_mismatches(entries: Sequence[LedgerEntryRead], events: Sequence[Event]) -> tuple[list[str], RunningRdp]:
+    """Replay the ledger's accountant (one running RDP vector over all of the client's streams,
+    ``privacy.ledger.BudgetLedger``'s own) entry by entry, and name every entry whose stored
+    ``epsilon_after`` differs from the replay at that entry's δ by more than 1e-6 relative.
+    Returns (problems, the replayed accountant)."""
+    running = RunningRdp()
+    problems = []
+    for entry, event in zip(entries, events, strict=True):
+        running.add(event)
+        try:
+            replayed = _epsilon_of(running, entry.delta)
+        except PrivacyError as error:
+            problems.append(f"ledger entry #{entry.sequence} (round {entry.round_index}) cannot be accounted at "
+                            f"its delta={entry.delta:g}: {_one_line(error)}")
+            continue
+        if not epsilons_match(entry.epsilon_after, replayed):
+            problems.append(
+                f"ledger entry #{entry.sequence} (round {entry.round_index}, {entry.stream}) stores "
+                f"epsilon_after={entry.epsilon_after:.9g} but its events give {replayed:.9g} at delta={entry.delta:g}"
+            )
+    return problems, running
+
+
+def epsilons_match(stored: float, recomputed: float) -> bool:
+    """Equal to ``EPSILON_RELATIVE_TOLERANCE`` relative (both ~0 also match)."""
+    return math.isclose(stored, recomputed, rel_tol=EPSILON_RELATIVE_TOLERANCE, abs_tol=_EPSILON_FLOOR)
+
+
+def mechanism_names(event: Event) -> list[str]:
+    """The noise mechanisms inside an event tree, by their stored type names (``skellam``,
+    ``distributed_skellam``, ``gaussian``, ...), each prefixed ``poisson-sampled`` when sampling
+    amplifies it; composition wrappers are looked through."""
+    if isinstance(event, ComposedEvent):
+        return [name for inner in event.events for name in mechanism_names(inner)]
+    if isinstance(event, SelfComposedEvent):
+        return mechanism_names(event.event)
+    if isinstance(event, PoissonSampledEvent):
+        return [f"poisson-sampled {name}" for name in mechanism_names(event.event)]
+    return [event_to_json(event)["type"]]
+
+
+def _budget_problems(client: ClientInfo, running: RunningRdp) -> list[str]:
+    """The ledger refuses a charge that would take ε past the budget, so a client over budget at
+    its own δ, by the ledger's accountant, means a charge got past it."""
+    try:
+        spent = _epsilon_of(running, client.delta)
+    except PrivacyError as error:
+        return [f"its budget cannot be checked at its delta={client.delta:g}: {_one_line(error)}"]
+    if spent > client.epsilon_budget * (1 + EPSILON_RELATIVE_TOLERANCE):
+        return [f"spent epsilon={spent:.9g} at delta={client.delta:g}, over its budget of {client.epsilon_budget:g}"]
+    return []
+
+
+def _recompute(events: Sequence[Event], delta: float, accountant: str) -> float:
+    return float(recompute_epsilon(events, delta, accountant=accountant)) if events else 0.0
+
+
+def _epsilon_of(running: RunningRdp, delta: float) -> float:
+    return float(running.epsilon(delta))
+
+
+def _latest_run(repository: Repository):
+    runs = repository.list_runs()
+    if not runs:
+        raise RunNotFoundError("the database holds no runs yet; start one with `fedvault run`")
+    return runs[-1]
+
+
+def _chain_json(verification: ChainVerification) -> dict[str, Any]:
+    return {
+        "ok": verification.ok,
+        "chains": verification.chains_checked,
+        "entries": verification.entries_checked,
+        "problem": None if verification.first_bad is None else str(verification.first_bad),
+    }
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+# --- rendering -------------------------------------------------------------------------------------
+
+
+def render_report(report: Mapping[str, Any]) -> str:
+    """The table, the verification lines and the verdict."""
+    name = f" ({report['run_name']})" if report["run_name"] else ""
+    at = f"delta={report['delta']:g}" if report["delta"] is not None else "each client's delta"
+    lines = [f"run {report['run_id']}{name}: privacy budgets from the ledger; epsilon recomputed from the stored "
+             f"events by the {ACCOUNTANT_NAMES[report['accountant']]} at {at}", ""]
+    columns = [Column("client", "right"), Column("status"), Column("rounds", "right"),
+               Column(f"ε ({report['accountant']})", "right"), Column("δ", "right"), Column("ledger ε", "right"),
+               Column("budget", "right"), Column("left", "right"), Column("mechanisms"), Column("streams"),
+               Column("check")]
+    rows = [
+        [c["client_id"], c["status"], c["rounds_charged"], format_number(c["epsilon"]), f"{c['delta']:g}",
+         format_number(c["ledger_epsilon"]), format_number(c["budget"], 2), format_number(c["budget_left"]),
+         c["mechanisms"], c["streams"], "ok" if c["ok"] else "FAILED"]
+        for c in report["clients"]
+    ]
+    lines.append(render_table(columns, rows) if rows else "(no clients enrolled)")
+    lines.append("")
+    lines.extend(verdict_lines(report))
+    return "\n".join(lines)
+
+
+def verdict_lines(report: Mapping[str, Any]) -> list[str]:
+    """One line per hash chain, then ``audit passed`` or ``audit FAILED`` and each failure."""
+    lines = []
+    for label, key, unit in (("ledger chains", "ledger", "client chains"), ("audit log", "audit_log", "chain")):
+        chain = report["verification"][key]
+        state = "ok" if chain["ok"] else f"BROKEN: {chain['problem']}"
+        lines.append(f"{label}: {state} ({chain['chains']} {unit}, {chain['entries']} entries verified)")
+    if report["ok"]:
+        lines.append("audit passed: every stored epsilon reproduced, every client within budget, hash chains intact")
+    else:
+        lines.append(f"audit FAILED ({len(report['failures'])} problems):")
+        lines.extend(f"  - {failure}" for failure in report["failures"])
+    return lines
+
+
+def render_csv(report: Mapping[str, Any]) -> str:
+    """One CSV row per client (header ``CSV_COLUMNS``); lists joined with ``;``, None empty."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for client in report["clients"]:
+        values = {**client, "accountant": report["accountant"],
+                  "mechanisms": ";".join(client["mechanisms"]), "streams": ";".join(client["streams"])}
+        writer.writerow(["" if values[key] is None else _csv_value(values[key]) for key in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
