@@ -28,6 +28,7 @@ from typing import Any
 
 import click
 
+from cli.history import latest_run_id
 from cli.options import database_option, json_option
 from cli.tables import Column, format_number, render_table
 from privacy.accounting import ACCOUNTANTS, RunningRdp, recompute_epsilon
@@ -41,7 +42,6 @@ from privacy.events import (
     event_to_json,
 )
 from storage import ChainVerification, ClientInfo, LedgerEntryRead, Repository
-from storage.errors import RunNotFoundError
 
 #: How the report names each accountant of ``privacy.accounting.recompute_epsilon``.
 ACCOUNTANT_NAMES = {
@@ -162,7 +162,7 @@ def audit_run(repository: Repository, *, run_id: int | None = None, client_id: i
     """
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {', '.join(ACCOUNTANTS)}, got {accountant!r}")
-    run = repository.get_run(run_id) if run_id is not None else _latest_run(repository)
+    run = repository.get_run(latest_run_id(repository) if run_id is None else run_id)
     if client_id is None:
         clients = repository.list_clients(run.id)
     else:
@@ -301,13 +301,6 @@ def _epsilon_of(running: RunningRdp, delta: float) -> float:
     return float(running.epsilon(delta))
 
 
-def _latest_run(repository: Repository):
-    runs = repository.list_runs()
-    if not runs:
-        raise RunNotFoundError("the database holds no runs yet; start one with `fedvault run`")
-    return runs[-1]
-
-
 def _chain_json(verification: ChainVerification) -> dict[str, Any]:
     return {
         "ok": verification.ok,
@@ -356,7 +349,8 @@ def verdict_lines(report: Mapping[str, Any]) -> list[str]:
     if report["ok"]:
         lines.append("audit passed: every stored epsilon reproduced, every client within budget, hash chains intact")
     else:
-        lines.append(f"audit FAILED ({len(report['failures'])} problems):")
+        count = len(report["failures"])
+        lines.append(f"audit FAILED ({count} problem{'' if count == 1 else 's'}):")
         lines.extend(f"  - {failure}" for failure in report["failures"])
     return lines
 

@@ -305,7 +305,7 @@ def test_a_client_over_budget_fails_the_audit(tmp_path):
     result = _invoke("--db", path)
     assert result.exit_code == 1
     assert f"client 1: spent epsilon={spent:.9g} at delta=1e-05, over its budget of 0.5" in result.output
-    assert "audit FAILED (1 problems):" in result.output  # every stored ε itself reproduces
+    assert "audit FAILED (1 problem):" in result.output  # every stored ε itself reproduces
 
 
 def test_a_tampered_audit_log_fails_the_audit(ledgers):
