@@ -71,6 +71,10 @@ class RoundConfig:
         vector_length: m, coordinates per masked vector, 1 .. 2**30.
         application_config: opaque bytes (codec, DP parameters) bound into every signed
             advertisement so all clients provably agree on them; at most 1 MiB.
+        minimum_survivors: the fewest clients that may remain at any stage, t <= value <= n
+            (default t). In a sparse graph t is a per-neighbourhood threshold; this is the global
+            floor on the inputs in the sum (ALGORITHMS §1.6, Google's minimum aggregate), e.g. so
+            that a sum always carries enough distributed-DP noise shares (§3.5).
     """
 
     round_index: int
@@ -81,6 +85,7 @@ class RoundConfig:
     bits: int
     vector_length: int
     application_config: bytes = b""
+    minimum_survivors: int | None = None
 
     def __post_init__(self) -> None:
         _require_int("round_index", self.round_index, 0, 2**63 - 1)
@@ -128,6 +133,9 @@ class RoundConfig:
                 f"the limit is {MAX_APPLICATION_CONFIG_LENGTH}"
             )
         object.__setattr__(self, "application_config", bytes(self.application_config))
+        if self.minimum_survivors is None:
+            object.__setattr__(self, "minimum_survivors", self.threshold)
+        _require_int("minimum_survivors", self.minimum_survivors, self.threshold, n)
 
     @property
     def client_count(self) -> int:
@@ -157,6 +165,7 @@ def _digest(config: RoundConfig) -> bytes:
             config.bits,
             config.vector_length,
             config.application_config,
+            config.minimum_survivors,
         )
     ).digest()
 

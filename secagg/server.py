@@ -356,9 +356,11 @@ class SecAggServer:
         self, owners: frozenset[int], live: frozenset[int], what: str, owners_dropped: bool = False
     ) -> None:
         threshold = self._config.threshold
-        if not owners_dropped and len(live) < threshold:
+        minimum = self._config.minimum_survivors
+        if not owners_dropped and len(live) < minimum:
             raise RoundAbortedError(
-                f"only {len(live)} clients {what}; the threshold is {threshold}"
+                f"only {len(live)} clients {what}; the round needs at least {minimum} "
+                f"(threshold {threshold})"
             )
         for owner in sorted(owners):
             holders = len(self._graph.holders(owner) & live)

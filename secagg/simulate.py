@@ -193,9 +193,11 @@ def make_config(
     threshold: int | None = None,
     round_index: int = 0,
     application_config: bytes = b"",
+    minimum_survivors: int | None = None,
 ) -> RoundConfig:
     """A ``RoundConfig`` with a fresh random instance nonce; (k, t) default to
-    ``graph.default_parameters(n)`` when both are None (giving only one is an error)."""
+    ``graph.default_parameters(n)`` when both are None (giving only one is an error);
+    ``minimum_survivors`` defaults to t."""
     ids = tuple(sorted(client_ids))
     if (neighbours_k is None) != (threshold is None):
         raise ConfigurationError("give both neighbours_k and threshold, or neither for the defaults")
@@ -210,6 +212,7 @@ def make_config(
         bits=bits,
         vector_length=vector_length,
         application_config=application_config,
+        minimum_survivors=minimum_survivors,
     )
 
 

@@ -253,6 +253,7 @@ class AdvertiseKeysRequest(_Header):
                 b"".join(_u32(i) for i in config.client_ids),
                 _u32(config.neighbours_k),
                 _u32(config.threshold),
+                _u32(config.minimum_survivors),
                 bytes((config.bits,)),
                 _u32(config.vector_length),
                 _u32(len(config.application_config)),
@@ -268,6 +269,7 @@ class AdvertiseKeysRequest(_Header):
         _check_sorted_ids("client ids", ids)
         neighbours_k = reader.u32("neighbours_k")
         threshold = reader.u32("threshold")
+        minimum_survivors = reader.u32("minimum_survivors")
         bits = reader.u8("bits")
         vector_length = reader.u32("vector_length")
         app_length = reader.u32("application_config length")
@@ -284,6 +286,7 @@ class AdvertiseKeysRequest(_Header):
                 bits=bits,
                 vector_length=vector_length,
                 application_config=application_config,
+                minimum_survivors=minimum_survivors,
             )
         except ConfigurationError as error:
             raise MalformedMessageError(f"invalid round config: {error}") from None

@@ -392,13 +392,21 @@ def test_unmask_reply_must_reveal_exactly_what_was_asked_at_the_right_points():
 
 
 def test_a_tampered_revealed_share_aborts_the_round_instead_of_a_wrong_sum():
+    # The server rebuilds from t + 1 of the revealed shares, so tamper every holder's share of one
+    # owner's seed, by offsets that are not a polynomial of degree < t in x: any t + 1 disagree.
     local, _ = new_round(n=5, t=2)
     advance_to_unmask(local)
     replies = local.collect()
-    message = decode_message(replies[0])
-    share = Share.from_bytes(message.seed_shares[0].share)
-    tampered = RevealedShare(message.seed_shares[0].owner, Share(share.x, (share.y + 1) % (2**521 - 1)).to_bytes())
-    replies[0] = dataclasses.replace(message, seed_shares=(tampered, *message.seed_shares[1:])).to_bytes()
+    owner = decode_message(replies[0]).seed_shares[0].owner
+    for position, (client_id, data) in enumerate(sorted(replies.items())):
+        message = decode_message(data)
+        shares = []
+        for revealed in message.seed_shares:
+            if revealed.owner == owner:
+                share = Share.from_bytes(revealed.share)
+                revealed = RevealedShare(owner, Share(share.x, (share.y + (position + 1) ** 3) % (2**521 - 1)).to_bytes())
+            shares.append(revealed)
+        replies[client_id] = dataclasses.replace(message, seed_shares=tuple(shares)).to_bytes()
     local.deliver(replies)
     with pytest.raises(RoundAbortedError, match="cannot rebuild"):
         local.advance()
