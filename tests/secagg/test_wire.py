@@ -177,11 +177,13 @@ def test_masked_input_with_bad_bits_length_or_padding_is_malformed():
 
 def test_invalid_round_config_inside_a_request_is_malformed():
     data = sample_messages()[0].to_bytes()
-    body = HEADER_LENGTH + 4 + 3 * 4  # after the id list: k (4), t (4), bits (1)
+    body = HEADER_LENGTH + 4 + 3 * 4  # after the id list: k (4), t (4), minimum survivors (4), bits (1)
     with pytest.raises(MalformedMessageError, match="invalid round config"):
         decode_message(replace_bytes(data, body, struct.pack(">I", 3)))  # k = 3 > n - 1
     with pytest.raises(MalformedMessageError, match="invalid round config"):
-        decode_message(replace_bytes(data, body + 8, b"\x00"))  # bits = 0
+        decode_message(replace_bytes(data, body + 8, struct.pack(">I", 4)))  # minimum survivors 4 > n
+    with pytest.raises(MalformedMessageError, match="invalid round config"):
+        decode_message(replace_bytes(data, body + 12, b"\x00"))  # bits = 0
 
 
 @pytest.mark.parametrize(
