@@ -106,6 +106,21 @@ def epsilon_from_rdp(rdp: np.ndarray, delta: float, orders: np.ndarray = RDP_ORD
     return max(0.0, float(eps[index])), float(orders[index])
 
 
+@lru_cache(maxsize=64)
+def _conversion_offsets(delta: float) -> np.ndarray:
+    """The delta-dependent part of :func:`epsilon_from_rdp` on RDP_ORDERS, cached per delta."""
+    orders = RDP_ORDERS
+    offsets = -(math.log(delta) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
+    offsets.setflags(write=False)
+    return offsets
+
+
+def _epsilon_on_orders(rdp: np.ndarray, delta: float) -> float:
+    """epsilon_from_rdp for a trusted vector on RDP_ORDERS (the running accountant's hot path)."""
+    eps = rdp + _conversion_offsets(_check_delta(delta))
+    return max(0.0, float(eps.min()))
+
+
 class RunningRdp:
     """A running RDP total (one client, or one of its streams): ``add`` events, read ``epsilon``."""
 
@@ -143,11 +158,11 @@ class RunningRdp:
         if self._count == 0:
             _check_delta(delta)
             return 0.0
-        return epsilon_from_rdp(self._rdp, delta)[0]
+        return _epsilon_on_orders(self._rdp, delta)
 
     def projected_epsilon(self, event: Event, delta: float) -> float:
         """epsilon at ``delta`` if ``event`` were composed next (nothing is changed)."""
-        return epsilon_from_rdp(self._rdp + rdp_of(event), delta)[0]
+        return _epsilon_on_orders(self._rdp + rdp_of(event), delta)
 
     def copy(self) -> "RunningRdp":
         twin = RunningRdp()

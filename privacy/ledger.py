@@ -210,7 +210,9 @@ class BudgetLedger:
             round_index=round_index,
             stream=stream,
             event_json=event_to_json(event),
-            epsilon_after=account.total.epsilon(self._delta),
+            # The same vector sum and conversion as the projection: bit-identical to
+            # account.total.epsilon(delta), without converting twice.
+            epsilon_after=projected,
             delta=self._delta,
         )
         sequence = len(account.chain)
