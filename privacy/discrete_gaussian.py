@@ -92,8 +92,10 @@ def discrete_gaussian_parameters(sigma: float) -> DiscreteGaussianParameters:
     numerator, denominator = rational_ceiling(sigma * sigma)
     # floor(sqrt(x)) = isqrt(floor(x)) for real x >= 0.
     scale = math.isqrt(numerator // denominator) + 1
-    # The acceptance test works with D = 2 sn sd t^2, which must stay below 2**62.
-    assert 2 * numerator * denominator * scale * scale < (1 << 62)
+    # The acceptance test works with D = 2 sn sd t^2, which must stay below 2**62 (the sigma
+    # range guarantees it).
+    if 2 * numerator * denominator * scale * scale >= (1 << 62):
+        raise SamplerParameterError(f"sigma {sigma} needs more than 64-bit integer arithmetic")
     return DiscreteGaussianParameters(sigma, numerator, denominator, scale)
 
 

@@ -205,10 +205,10 @@ def _poisson_parameters(mean: float, decision_bits: int) -> PoissonParameters:
     else:
         lower_bits = 0
         lower_coin = (0, 1)
-    for numerator, denominator in (upper_coin, lower_coin):
-        assert 0 <= numerator <= denominator < (1 << 62)
-    # The window recurrences multiply by n/d with d n < 2**63 (see poisson_window_bounds).
-    assert ln * ld * (mode + above) < (1 << 63)
+    # Every coin is a uniform draw below its denominator (< 2**62), and the window recurrences
+    # multiply by n/d with d n < 2**63 (see poisson_window_bounds); the mean range guarantees both.
+    if not all(0 <= n <= d < (1 << 62) for n, d in (upper_coin, lower_coin)) or ln * ld * (mode + above) >= (1 << 63):
+        raise SamplerParameterError(f"Poisson mean {mean} needs more than 64-bit integer arithmetic")
     low, high = poisson_window_bounds(ln, ld, mode, below, above, decision_bits)
     low.setflags(write=False)
     high.setflags(write=False)

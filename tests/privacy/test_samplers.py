@@ -289,3 +289,15 @@ def test_the_chi_square_check_detects_a_two_percent_scale_error():
     samples = sample_skellam(50.0, 200_000, DeterministicTestSource(b"power"))
     support = np.arange(-60, 61)
     assert _chi_square_pvalue(samples, support, skellam_pmf(support, 50.0 * 1.02**2)) < 1e-6
+
+
+def test_every_supported_scale_fits_exact_64_bit_arithmetic():
+    """Parameter construction checks its integer bounds and raises rather than overflow."""
+    for sigma in np.geomspace(2.0**-6, 2.0**15, 60):
+        params = discrete_gaussian_parameters(float(sigma))
+        assert params.variance >= float(sigma) ** 2
+    for mean in np.geomspace(2.0**-20, 2.0**30, 60):
+        params = poisson_parameters(float(mean))
+        assert params.exact_mean >= float(mean)
+        assert params.window_low[params.below] == 1 << params.decision_bits
+        assert np.all(params.window_low <= params.window_high)
