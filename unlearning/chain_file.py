@@ -126,7 +126,7 @@ def load_chain_state(path: str | os.PathLike[str], dimension: int) -> ChainState
         pending = None if header["pending"] is None else _chain(header["pending"], arrays, "pending", dimension)
     except ChainFileError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as error:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as error:
         # ValueError includes RecordChain's own validation (UnlearningInputError).
         raise ChainFileError(f"chain file {path} is malformed: {error}") from None
     return ChainState(confirmed, pending)
