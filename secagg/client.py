@@ -39,7 +39,7 @@ from secagg.errors import (
     UnsafeRequestError,
 )
 from secagg.graph import HararyGraph
-from secagg.keys import AgreementKeyPair, IdentityKey, verify_signature
+from secagg.keys import AgreementKeyPair, IdentityKey, check_identity_keys, verify_signature
 from secagg.masking import mask_input
 from secagg.round_keys import (
     advertisement_transcript,
@@ -80,21 +80,6 @@ _REQUESTS = (
 __all__ = ["SELF_MASK_SEED_LENGTH", "SecAggClient"]
 
 
-def _check_identity_keys(identity_keys: object) -> dict[int, bytes]:
-    if not isinstance(identity_keys, Mapping):
-        raise ConfigurationError(
-            f"identity_keys must map client id -> Ed25519 public key, got {type(identity_keys).__name__}"
-        )
-    checked = {}
-    for client_id, public_key in identity_keys.items():
-        if isinstance(client_id, bool) or not isinstance(client_id, int):
-            raise ConfigurationError(f"identity_keys: client id {client_id!r} is not an int")
-        if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != 32:
-            raise ConfigurationError(f"identity_keys[{client_id}] must be a 32-byte Ed25519 key")
-        checked[client_id] = bytes(public_key)
-    return checked
-
-
 class SecAggClient:
     """One client's side of one SecAgg+ round.
 
@@ -118,7 +103,7 @@ class SecAggClient:
             raise ConfigurationError(f"identity must be an IdentityKey, got {type(identity).__name__}")
         self._client_id = client_id
         self._identity = identity
-        self._identity_keys = _check_identity_keys(identity_keys)
+        self._identity_keys = check_identity_keys(identity_keys)
         self._next_request = 0  # index into _REQUESTS
         self._config: RoundConfig | None = None
         self._graph: HararyGraph | None = None

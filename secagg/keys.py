@@ -6,6 +6,8 @@ element in ``secagg.shamir``. Private keys come only from the OS CSPRNG (via ``c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -16,7 +18,9 @@ KEY_LENGTH = 32
 SIGNATURE_LENGTH = 64
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
-__all__ = ["KEY_LENGTH", "SIGNATURE_LENGTH", "AgreementKeyPair", "IdentityKey", "verify_signature"]
+__all__ = [
+    "KEY_LENGTH", "SIGNATURE_LENGTH", "AgreementKeyPair", "IdentityKey", "check_identity_keys", "verify_signature",
+]
 
 
 def _raw_key(value: object, what: str, error: type[Exception]) -> bytes:
@@ -28,18 +32,18 @@ def _raw_key(value: object, what: str, error: type[Exception]) -> bytes:
     return raw
 
 
-class AgreementKeyPair:
-    """An X25519 key pair for Diffie-Hellman agreement (mask seeds, share-encryption keys).
+class _RawKeyPair:
+    """An immutable private key held with its 32-byte raw private and public encodings.
 
-    Immutable. ``exchange`` returns the raw shared secret, which must go through
-    ``secagg.kdf.derive_key`` with a context before it is used as a key.
+    Subclasses name the ``cryptography`` private-key type they wrap (``_private_type``).
     """
 
     __slots__ = ("_private_key", "_private_bytes", "_public_bytes")
+    _private_type: type
 
-    def __init__(self, private_key: X25519PrivateKey) -> None:
-        if not isinstance(private_key, X25519PrivateKey):
-            raise InvalidKeyError(f"expected an X25519PrivateKey, got {type(private_key).__name__}")
+    def __init__(self, private_key) -> None:
+        if not isinstance(private_key, self._private_type):
+            raise InvalidKeyError(f"expected an {self._private_type.__name__}, got {type(private_key).__name__}")
         object.__setattr__(self, "_private_key", private_key)
         object.__setattr__(self, "_private_bytes", private_key.private_bytes_raw())
         object.__setattr__(self, "_public_bytes", private_key.public_key().public_bytes_raw())
@@ -48,28 +52,42 @@ class AgreementKeyPair:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
     @classmethod
-    def generate(cls) -> AgreementKeyPair:
-        """A fresh key pair from the OS CSPRNG."""
-        return cls(X25519PrivateKey.generate())
+    def generate(cls):
+        """A fresh key from the OS CSPRNG."""
+        return cls(cls._private_type.generate())
 
     @classmethod
-    def from_private_bytes(cls, private_bytes: bytes) -> AgreementKeyPair:
-        """Rebuild a key pair from its 32-byte raw private scalar (e.g. after Shamir reconstruction).
+    def from_private_bytes(cls, private_bytes: bytes):
+        """Rebuild the key from its 32-byte raw private encoding (e.g. after Shamir reconstruction).
 
         Raises:
             InvalidKeyError: not 32 bytes.
         """
-        return cls(X25519PrivateKey.from_private_bytes(_raw_key(private_bytes, "private key", InvalidKeyError)))
+        return cls(cls._private_type.from_private_bytes(_raw_key(private_bytes, "private key", InvalidKeyError)))
 
     @property
     def public_bytes(self) -> bytes:
-        """The 32-byte raw public u-coordinate."""
+        """The 32-byte raw public key."""
         return self._public_bytes
 
     @property
     def private_bytes(self) -> bytes:
-        """The 32-byte raw private scalar (secret: only for Shamir sharing)."""
+        """The 32-byte raw private key (secret: only for Shamir sharing or the client's key file)."""
         return self._private_bytes
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(public={self._public_bytes.hex()[:16]}...)"
+
+
+class AgreementKeyPair(_RawKeyPair):
+    """An X25519 key pair for Diffie-Hellman agreement (mask seeds, share-encryption keys).
+
+    Immutable. ``exchange`` returns the raw shared secret, which must go through
+    ``secagg.kdf.derive_key`` with a context before it is used as a key.
+    """
+
+    __slots__ = ()
+    _private_type = X25519PrivateKey
 
     def exchange(self, peer_public: bytes) -> bytes:
         """The 32-byte X25519 shared secret with ``peer_public``.
@@ -85,48 +103,12 @@ class AgreementKeyPair:
             # cryptography refuses an all-zero result, which only low-order points produce.
             raise InvalidKeyError("peer public key is a low-order point (all-zero shared secret)") from None
 
-    def __repr__(self) -> str:
-        return f"AgreementKeyPair(public={self._public_bytes.hex()[:16]}...)"
 
-
-class IdentityKey:
+class IdentityKey(_RawKeyPair):
     """An Ed25519 signing key that authenticates one client (or the server) across rounds. Immutable."""
 
-    __slots__ = ("_private_key", "_private_bytes", "_public_bytes")
-
-    def __init__(self, private_key: Ed25519PrivateKey) -> None:
-        if not isinstance(private_key, Ed25519PrivateKey):
-            raise InvalidKeyError(f"expected an Ed25519PrivateKey, got {type(private_key).__name__}")
-        object.__setattr__(self, "_private_key", private_key)
-        object.__setattr__(self, "_private_bytes", private_key.private_bytes_raw())
-        object.__setattr__(self, "_public_bytes", private_key.public_key().public_bytes_raw())
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is immutable")
-
-    @classmethod
-    def generate(cls) -> IdentityKey:
-        """A fresh identity key from the OS CSPRNG."""
-        return cls(Ed25519PrivateKey.generate())
-
-    @classmethod
-    def from_private_bytes(cls, private_bytes: bytes) -> IdentityKey:
-        """Rebuild an identity key from its 32-byte RFC 8032 seed.
-
-        Raises:
-            InvalidKeyError: not 32 bytes.
-        """
-        return cls(Ed25519PrivateKey.from_private_bytes(_raw_key(private_bytes, "private key", InvalidKeyError)))
-
-    @property
-    def public_bytes(self) -> bytes:
-        """The 32-byte raw verification key."""
-        return self._public_bytes
-
-    @property
-    def private_bytes(self) -> bytes:
-        """The 32-byte raw private seed (secret)."""
-        return self._private_bytes
+    __slots__ = ()
+    _private_type = Ed25519PrivateKey
 
     def sign(self, message: bytes) -> bytes:
         """The 64-byte Ed25519 signature of ``message`` (build transcripts with ``encode_parts``).
@@ -137,9 +119,6 @@ class IdentityKey:
         if not isinstance(message, _BYTES_LIKE):
             raise ConfigurationError(f"message must be bytes, got {type(message).__name__}")
         return self._private_key.sign(bytes(message))
-
-    def __repr__(self) -> str:
-        return f"IdentityKey(public={self._public_bytes.hex()[:16]}...)"
 
 
 def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> None:
@@ -159,3 +138,23 @@ def verify_signature(public_key: bytes, message: bytes, signature: bytes) -> Non
         verifier.verify(bytes(signature), bytes(message))
     except (InvalidSignature, ValueError):
         raise AuthenticationError("Ed25519 signature does not verify") from None
+
+
+def check_identity_keys(identity_keys: object) -> dict[int, bytes]:
+    """Validate a directory of enrolled Ed25519 public keys: client id (int) -> 32 raw bytes.
+
+    Raises:
+        ConfigurationError: not a mapping, a non-int id, or a key that is not 32 bytes.
+    """
+    if not isinstance(identity_keys, Mapping):
+        raise ConfigurationError(
+            f"identity_keys must map client id -> Ed25519 public key, got {type(identity_keys).__name__}"
+        )
+    checked = {}
+    for client_id, public_key in identity_keys.items():
+        if isinstance(client_id, bool) or not isinstance(client_id, int):
+            raise ConfigurationError(f"identity_keys: client id {client_id!r} is not an int")
+        if not isinstance(public_key, _BYTES_LIKE) or len(public_key) != KEY_LENGTH:
+            raise ConfigurationError(f"identity_keys[{client_id}] must be a 32-byte Ed25519 key")
+        checked[client_id] = bytes(public_key)
+    return checked

@@ -41,7 +41,7 @@ from secagg.errors import (
     RoundAbortedError,
 )
 from secagg.graph import HararyGraph
-from secagg.keys import AgreementKeyPair, verify_signature
+from secagg.keys import AgreementKeyPair, check_identity_keys, verify_signature
 from secagg.masking import remove_pairwise_mask, remove_self_mask
 from secagg.round_keys import advertisement_transcript, instance_id, pairwise_mask_seed
 from secagg.shamir import Share, reconstruct_secret
@@ -87,21 +87,12 @@ class AggregateResult:
     dropped: Mapping[str, frozenset[int]]
 
 
-def _check_identity_keys(config: RoundConfig, identity_keys: object) -> dict[int, bytes]:
-    if not isinstance(identity_keys, Mapping):
-        raise ConfigurationError(
-            f"identity_keys must map client id -> Ed25519 public key, got {type(identity_keys).__name__}"
-        )
-    missing = [client_id for client_id in config.client_ids if client_id not in identity_keys]
+def _sampled_identity_keys(config: RoundConfig, identity_keys: object) -> dict[int, bytes]:
+    checked = check_identity_keys(identity_keys)
+    missing = [client_id for client_id in config.client_ids if client_id not in checked]
     if missing:
         raise ConfigurationError(f"no enrolled identity key for sampled clients {missing[:5]}")
-    checked = {}
-    for client_id in config.client_ids:
-        public_key = identity_keys[client_id]
-        if not isinstance(public_key, (bytes, bytearray)) or len(public_key) != 32:
-            raise ConfigurationError(f"identity_keys[{client_id}] must be a 32-byte Ed25519 key")
-        checked[client_id] = bytes(public_key)
-    return checked
+    return {client_id: checked[client_id] for client_id in config.client_ids}
 
 
 class SecAggServer:
@@ -116,7 +107,7 @@ class SecAggServer:
         if not isinstance(config, RoundConfig):
             raise ConfigurationError(f"config must be a RoundConfig, got {type(config).__name__}")
         self._config = config
-        self._identity_keys = _check_identity_keys(config, identity_keys)
+        self._identity_keys = _sampled_identity_keys(config, identity_keys)
         self._graph = HararyGraph.build(config.client_ids, config.neighbours_k, permutation_seed(config))
         # Only used to test advertised X25519 keys for low order at the door.
         self._probe_pair = AgreementKeyPair.generate()
