@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "db": "cli.db:db",
     "audit": "cli.audit:audit",
     "history": "cli.history:history",
+    "unlearn": "cli.unlearn:unlearn",
 }
 
 # Each package's error base. The CLI prints their message as one line and exits 2.

@@ -4,6 +4,12 @@ A ``ClientRuntime`` is what a real client machine runs; in a simulation it lives
 process (``federation.workers``) and only serialized protocol messages and model vectors reach it.
 Its norm, its update and its noise never leave it; what leaves is the masked vector (and, with
 unlearning, a sealed history record only it can open).
+
+The history record holds exactly the client's term in the secure sum, decoded to update units
+(``unlearning.run_records``). Opening it, which happens only on the client's own deletion
+request (it releases its history secret), reveals in distributed or no-noise mode its clipped
+update to lattice precision (not its distributed noise share, which protects the others' sum),
+and in local mode only its ε-LDP release.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from privacy.discrete_gaussian import sample_discrete_gaussian
 from privacy.skellam import sample_skellam
 from secagg.client import SecAggClient
 from secagg.modular import wrap
+from unlearning.chain_file import ChainState, chain_path, load_chain_state, save_chain_state
+from unlearning.records import RecordChain, build_record
+from unlearning.run_records import run_record_config
 from unlearning.secrets import history_commitment
 
 
@@ -37,6 +46,7 @@ class TrainReport:
     num_samples: int
     train_loss: float
     sample_events: tuple = ()  # DP-SGD's privacy events (public descriptions), charged by the server
+    history_record: bytes | None = None  # sealed record of this round's contribution (opaque, fixed size)
 
 
 @dataclass(frozen=True)
@@ -53,13 +63,16 @@ class ClientFactory:
 
 class ClientRuntime:
     def __init__(self, client_id: int, config: RunConfig, run_id: int, key_directory: Path) -> None:
-        from federation.learning import LocalLearner  # torch is imported only inside workers
+        from federation.backdoor import learner_for  # torch is imported only inside workers
 
         self.client_id = client_id
         self.config = config
         self.run_id = run_id
-        self.keys = load_or_create_keys(key_directory / f"client-{client_id}.key", client_id)
-        self.learner = LocalLearner.for_client(config, client_id)
+        key_file = key_directory / f"client-{client_id}.key"
+        self.keys = load_or_create_keys(key_file, client_id)
+        self.learner = learner_for(config, client_id)  # the run's data (poisoned if it plants a backdoor)
+        self._chain_file = chain_path(key_file, run_id)
+        self._chain: ChainState | None = None
         self._identity_directory: dict[int, bytes] = {}
         self._secagg: SecAggClient | None = None
         self._plan_bytes: bytes | None = None
@@ -78,11 +91,14 @@ class ClientRuntime:
 
     # --- one round ---------------------------------------------------------------------------
 
-    def prepare(self, plan_bytes: bytes, global_parameters: np.ndarray) -> TrainReport:
+    def prepare(self, plan_bytes: bytes, global_parameters: np.ndarray, record: bool = True) -> TrainReport:
         """Train locally from the global model, then clip, encode, noise and wrap the update.
 
         The integer vector waits for the SecAgg+ masked-input stage; the round's SecAgg+ client is
-        created here, so a client that never prepared cannot answer the round's messages.
+        created here, so a client that never prepared cannot answer the round's messages. With
+        ``record`` (the history policy kept this client this round) and history on, the report
+        carries the sealed history record of the contribution; its chain is adopted only when
+        the server confirms it stored it (:meth:`confirm_record`).
         """
         plan = RoundPlan.from_bytes(plan_bytes)
         if plan.dimension != global_parameters.size:
@@ -91,11 +107,50 @@ class ClientRuntime:
         clipped, _norm = clip_l2(result.update.astype(np.float64), plan.clip_norm)  # the norm stays here
         codec = plan.codec()
         coordinates = codec.encode(clipped, plan.round_seed, self.client_id)
-        coordinates += self._noise(plan, coordinates.size)
+        noise = self._noise(plan, coordinates.size)
+        sealed = None
+        if record and self.config.history:
+            contribution = coordinates + noise if plan.noise.mode == "local" else coordinates
+            sealed = self._seal_record(plan, codec.decode(contribution, plan.round_seed, self.client_id,
+                                                          plan.dimension))
+        coordinates += noise
         self._pending_input = wrap(coordinates, plan.bits)
         self._plan_bytes = bytes(plan_bytes)
         self._secagg = SecAggClient(self.client_id, self.keys.identity, self._identity_directory)
-        return TrainReport(self.client_id, result.num_samples, result.loss, tuple(result.events))
+        return TrainReport(self.client_id, result.num_samples, result.loss, tuple(result.events), sealed)
+
+    # --- history records ---------------------------------------------------------------------
+
+    def _chain_state(self) -> ChainState:
+        if self._chain is None:
+            self._chain = load_chain_state(self._chain_file, self.learner.trainer.dimension)
+        return self._chain
+
+    def _seal_record(self, plan: RoundPlan, contribution: np.ndarray) -> bytes:
+        config = run_record_config(
+            dimension=plan.dimension, clip_norm=plan.clip_norm, bits_per_entry=self.config.history_bits_per_entry,
+            lattice=self.config.history_lattice, codec_lattice=plan.lattice, step=plan.step,
+            noise_mode=plan.noise.mode, noise_mechanism=plan.noise.mechanism, noise_parameter=plan.noise.parameter)
+        state = self._chain_state()
+        chain = state.confirmed
+        if chain.round_index is not None and chain.round_index >= plan.round_index:
+            chain = RecordChain()  # not this run's past (a reused run id): restart with a key frame
+        built = build_record(contribution, history_secret=self.keys.history_secret, run_id=self.run_id,
+                             client_id=self.client_id, round_index=plan.round_index, config=config, chain=chain)
+        self._chain = state.with_pending(built.chain)
+        save_chain_state(self._chain_file, self._chain)
+        return built.sealed
+
+    def confirm_record(self, round_index: int) -> bool:
+        """The server stored this client's record of ``round_index``: the next record is coded
+        against it. Idempotent; False when no record of that round awaits confirmation."""
+        state = self._chain_state()
+        confirmed = state.confirm(round_index)
+        if confirmed is state:
+            return False
+        self._chain = confirmed
+        save_chain_state(self._chain_file, confirmed)
+        return True
 
     def _noise(self, plan: RoundPlan, size: int) -> np.ndarray:
         noise = plan.noise

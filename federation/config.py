@@ -22,6 +22,7 @@ TRAINERS = ("sgd", "dpsgd")
 LATTICES = ("Z", "A2", "D4", "E8")
 NOISE_MODES = ("distributed", "local", "none")
 MECHANISMS = ("skellam", "dgauss")
+HISTORY_LATTICES = ("Z", "D4", "E8")  # unlearning.records.RECORD_LATTICES
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class RunConfig:
     delta: float = 1e-5
     budget_epsilon: float | None = None  # per-client budget; None = target_epsilon
     dpsgd_noise_multiplier: float = 1.0
+    # sealed history records for unlearning (docs/ALGORITHMS.md §6.4)
+    history: bool = True  # clients upload a sealed MEDU record of their contribution each round
+    history_bits_per_entry: float = 2.0  # R: record body bits per model parameter
+    history_lattice: str = "Z"  # lattice of the record's dithered quantizer
+    history_max_records: int | None = None  # records kept per round (seeded random subset); None = all
     # persistence and output
     checkpoint_every: int = 5
     seed: int = 0
@@ -71,6 +77,12 @@ class RunConfig:
         _one_of("lattice", self.lattice, LATTICES)
         _one_of("noise", self.noise, NOISE_MODES)
         _one_of("mechanism", self.mechanism, MECHANISMS)
+        _one_of("history_lattice", self.history_lattice, HISTORY_LATTICES)
+        if not isinstance(self.history, bool):
+            raise ConfigError(f"history must be true or false, got {self.history!r}")
+        _in_open_interval("history_bits_per_entry", self.history_bits_per_entry, 0.0, 64.0)
+        if self.history_max_records is not None:
+            _positive_int("history_max_records", self.history_max_records)
         _positive_int("clients", self.clients, minimum=2)
         _positive_int("rounds", self.rounds)
         _positive_int("local_epochs", self.local_epochs)

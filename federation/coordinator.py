@@ -4,14 +4,15 @@ Per round: sample a cohort (Poisson, rate q) among active clients whose budget a
 announce the round plan; clients train and encode in their worker processes; the real SecAgg+
 server state machine runs the four stages over serialized messages, with simulated dropouts;
 the server decodes the secure sum, steps the model, evaluates it, and commits the whole round
-(round row, aggregates, checkpoint, ledger charges, audit entry) in one transaction.
+(round row, aggregates, checkpoint, ledger charges, the survivors' sealed history records, audit
+entry) in one transaction, then tells those clients their records are stored.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +33,10 @@ from secagg.modular import centered_lift
 from secagg.server import SecAggServer
 from secagg.simulate import make_config
 from secagg.stages import STAGES
-from storage.entities import AggregateWrite, CheckpointWrite, LedgerEntryWrite, RoundWrite
+from storage.entities import AggregateWrite, CheckpointWrite, LedgerEntryWrite, RoundWrite, SealedRecordWrite
 from storage.repositories import ClientEnrolment, Repository
+from unlearning.history_policy import HistoryPolicy
+from unlearning.secrets import RECORD_FORMAT_VERSION
 
 ROUND_SEED_BYTES = 32
 
@@ -75,11 +78,15 @@ class Coordinator:
     """Runs (or resumes) one federated run against a repository.
 
     ``key_directory`` holds the simulated clients' key files (each client's own secret material);
-    ``on_round`` is called after each committed round.
+    ``on_round`` is called after each committed round. For retraining without some clients (the
+    unlearning oracle): ``exclude_clients`` are never sampled, and a new run may start from
+    ``initial_parameters`` ((d,) float32) instead of the seeded initial model (stored exactly as
+    its round -1 checkpoint, so the run resumes from it).
     """
 
     def __init__(self, config: RunConfig, repository: Repository, *, key_directory: Path,
-                 run_id: int | None = None, name: str | None = None) -> None:
+                 run_id: int | None = None, name: str | None = None, exclude_clients: Collection[int] = (),
+                 initial_parameters: np.ndarray | None = None) -> None:
         self.repository = repository
         self.key_directory = Path(key_directory)
         if run_id is None:
@@ -95,6 +102,19 @@ class Coordinator:
             self.start_round = repository.next_round_index(run_id)
         self.model = GlobalModel.for_config(self.config)
         self.dimension = self.model.parameter_count
+        self.exclude_clients = frozenset(int(c) for c in exclude_clients)
+        if any(not 0 <= c < self.config.clients for c in self.exclude_clients):
+            raise ResumeError(f"exclude_clients must be client ids below {self.config.clients}")
+        if initial_parameters is not None:
+            if run_id is not None:
+                raise ResumeError("initial_parameters start a new run; a resumed run restores its own model")
+            initial = np.asarray(initial_parameters, dtype=np.float32)
+            if initial.shape != (self.dimension,) or not np.all(np.isfinite(initial)):
+                raise ResumeError(f"initial_parameters must be ({self.dimension},) finite floats")
+            self.model.load_flat(initial)
+            repository.save_checkpoint(self.run_id, CheckpointWrite(
+                {"flat": self.model.flat()}, codec="raw", source="initial", round_index=-1))
+        self.history_policy = HistoryPolicy(self.config.history_max_records)
         self.step = self.config.step or default_step(self.config.clip_norm, self.dimension, self.config.lattice)
         self.privacy = PrivacyPlanner(self.config, self.dimension, self.step)
         self.bits = self.config.bits or plan_bits(
@@ -130,7 +150,7 @@ class Coordinator:
         replay_from = 0
         if checkpoint is not None:
             self.model.load_flat(checkpoint.tensors["flat"])
-            replay_from = checkpoint.round_index + 1
+            replay_from = checkpoint.info.round_index + 1
         for aggregate in self.repository.iter_aggregates(self.run_id, "mean_update"):
             if aggregate.round_index >= replay_from:
                 self.model.apply_update(aggregate.values, self.config.server_learning_rate)
@@ -138,24 +158,42 @@ class Coordinator:
 
     # --- the run -----------------------------------------------------------------------------
 
-    def run(self, on_round: Callable[[RoundSummary], None] | None = None) -> RunSummary:
+    def run(self, on_round: Callable[[RoundSummary], None] | None = None, *,
+            max_rounds: int | None = None) -> RunSummary:
+        """Run the remaining rounds (at most ``max_rounds`` of them: the run then stays
+        ``running``, its noise still calibrated for all ``config.rounds``)."""
         summary = RunSummary(self.run_id, self.config, parameters=self.dimension, bits=self.bits,
                              lattice=self.config.lattice, float32_update_bytes=4 * self.dimension)
         self._restore()
         factory = ClientFactory(self.config, self.run_id, str(self.key_directory))
         self.repository.set_run_status(self.run_id, "running")
+        stop = self.config.rounds if max_rounds is None else min(self.config.rounds, self.start_round + max_rounds)
         with WorkerPool(factory, range(self.config.clients), workers=self.config.workers) as pool:
             identity_keys = self._enrol(pool)
-            for round_index in range(self.start_round, self.config.rounds):
+            self._reconfirm_records(pool)
+            for round_index in range(self.start_round, stop):
                 result = self._round(pool, identity_keys, round_index)
                 summary.rounds.append(result)
                 if on_round is not None:
                     on_round(result)
-        self.repository.set_run_status(self.run_id, "completed")
+        if stop == self.config.rounds:
+            self.repository.set_run_status(self.run_id, "completed")
         return summary
 
+    def _reconfirm_records(self, pool: WorkerPool) -> None:
+        """After a crash between a round's commit and its confirmations, the clients whose record
+        of the last committed round is stored still await confirmation: send it again."""
+        if self.start_round == 0 or not self.config.history:
+            return
+        last = self.repository.get_round(self.run_id, self.start_round - 1)
+        if last.status != "completed":
+            return
+        kept = self.history_policy.select(last.cohort, bytes.fromhex(last.parameters["round_seed"]), last.round_index)
+        pool.call("confirm_record", {c: (last.round_index,) for c in sorted(kept & set(last.survivors))})
+
     def _sample_cohort(self) -> list[int]:
-        active = [c.client_id for c in self.repository.list_clients(self.run_id, status="active")]
+        active = [c.client_id for c in self.repository.list_clients(self.run_id, status="active")
+                  if c.client_id not in self.exclude_clients]
         eligible = [c for c in active if self.privacy.can_participate(c)]
         chosen = [c for c in eligible if self._simulation.random() < self.config.sample_rate]
         return chosen
@@ -189,8 +227,11 @@ class Coordinator:
                                    threshold=threshold, round_index=round_index, application_config=plan_bytes)
         server = SecAggServer(round_config, {c: identity_keys[c] for c in cohort})
         parameters = self.model.flat()
+        # Who uploads a history record: a subset computed from the public seed (unlearning.history_policy).
+        recorded = self.history_policy.select(cohort, plan.round_seed, round_index) if self.config.history \
+            else frozenset()
 
-        reports = pool.call("prepare", {c: (plan_bytes, parameters) for c in cohort})
+        reports = pool.call("prepare", {c: (plan_bytes, parameters, c in recorded) for c in cohort})
         failed_training = {c for c, r in reports.items() if not isinstance(r, TrainReport)}
         drops = self._dropouts(cohort)
         drops[STAGES[0]] |= failed_training
@@ -231,6 +272,10 @@ class Coordinator:
         if (round_index + 1) % self.config.checkpoint_every == 0 or round_index + 1 == self.config.rounds:
             checkpoint = CheckpointWrite({"flat": self.model.flat()})
         dropped = {stage: sorted(ids) for stage, ids in outcome.dropped.items() if ids}
+        # Only survivors' records: a record whose update is not in the sum must not be stored.
+        records = [SealedRecordWrite(c, reports[c].history_record, {"format_version": RECORD_FORMAT_VERSION},
+                                     self.dimension)
+                   for c in survivors if c in recorded and reports[c].history_record is not None]
         write = RoundWrite(
             round_index=round_index, cohort=cohort, survivors=survivors, started_at=started,
             finished_at=datetime.now(UTC), dropouts=dropped, client_weights=weights,
@@ -238,10 +283,12 @@ class Coordinator:
             bytes_uploaded=upload,
             aggregates=(AggregateWrite(centered_lift(outcome.sum, self.bits), kind="lattice_sum"),
                         AggregateWrite(mean_update, kind="mean_update", name="mean_update")),
-            checkpoint=checkpoint, ledger_entries=charged,
+            checkpoint=checkpoint, ledger_entries=charged, sealed_records=records,
             audit_details={"accuracy": accuracy, "survivors": len(survivors)},
         )
         self.repository.commit_round(self.run_id, write)
+        if records:
+            pool.call("confirm_record", {record.client_id: (round_index,) for record in records})
         return RoundSummary(round_index, "completed", accuracy, loss, self.privacy.max_epsilon(), len(cohort),
                             len(survivors), len(cohort) - len(survivors), upload / max(1, len(cohort)),
                             time.perf_counter() - clock)

@@ -1,0 +1,111 @@
+"""`fedvault unlearn`: remove one client's contribution from a run's model, with evidence."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from cli.options import database_option, json_option
+
+
+def _format(value, spec: str = ".4f") -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def _render_outcome(outcome, key_file: Path) -> list[str]:
+    if outcome.already_done:
+        head = f"client {outcome.client_id} was already unlearned by request {outcome.request_id}"
+    else:
+        head = f"request {outcome.request_id}: authenticated by client {outcome.client_id}'s enrolled identity key, " \
+               "fresh, history secret matches its commitment" + (" (resumed)" if outcome.resumed else "")
+    lines = [head]
+    if outcome.method == "medu":
+        lines.append(f"opened {outcome.records_opened} sealed records, correction streamed over "
+                     f"{outcome.rounds_walked} stored rounds"
+                     + (f", then {outcome.heal_rounds} healing rounds" if outcome.heal_rounds else ""))
+    else:
+        lines.append(f"retrained {outcome.rounds_walked} rounds without the client (exact oracle)")
+    lines += [f"new model version {outcome.model_version} (after round {outcome.round_index + 1})",
+              f"shredded {outcome.records_shredded} records; client {outcome.client_id} is deleted and refused from now on",
+              f"client side: local record chain removed beside {key_file}",
+              f"time {outcome.seconds:.2f} s"]
+    return lines
+
+
+def _render_verification(payload: dict, oracle) -> list[str]:
+    rows = [("metric", "unlearned", "retrained")]
+    for key, name in (("test_accuracy", "test accuracy"), ("forgotten_accuracy", "accuracy on forgotten data"),
+                      ("membership_auc", "MIA AUC on forgotten data"), ("backdoor_success", "backdoor success")):
+        rows.append((name, _format(payload["unlearned"][key]), _format(payload["retrained"][key])))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"verification against retraining ({oracle.rounds_run} rounds from round {oracle.start_round}, "
+             f"{oracle.seconds:.1f} s):"]
+    lines += [f"  {name:<{width}}  {a:>9}  {b:>9}" for name, a, b in rows]
+    lines.append(f"  ‖w_u − w_r‖/‖w_r‖ = {payload['relative_distance']:.4f}; prediction divergence on "
+                 f"forgotten data = {payload['forgotten_prediction_divergence']:.4f}")
+    return lines
+
+
+@click.command()
+@click.option("--run", "run_id", type=int, required=True, help="The run to unlearn from.")
+@click.option("--client", "client_id", type=int, required=True, help="The client to remove.")
+@click.option("--key-file", "key_file", type=click.Path(dir_okay=False), default=None,
+              help="The client's key file: it signs the request and releases the history secret "
+                   "[default: fedvault-out/keys/client-C.key]. Other clients' key files (for retraining "
+                   "and healing) are read from the same folder.")
+@click.option("--method", type=click.Choice(["medu", "retrain"]), default="medu", show_default=True,
+              help="medu: open the client's sealed records and apply the Fast-FedUL/MEDU correction "
+                   "(streaming, O(model) memory); retrain: retrain without the client (exact oracle).")
+@click.option("--heal-rounds", type=int, default=0, show_default=True,
+              help="Federated rounds of the remaining clients after the correction (medu only).")
+@click.option("--alpha", type=float, default=None, help="Fast-FedUL contraction α [default: 0.07].")
+@click.option("--theta", type=float, default=None, help="Fast-FedUL correction scale θ [default: 1].")
+@click.option("--verify", is_flag=True, default=False,
+              help="Also retrain without the client and compare: test accuracy, accuracy and MIA AUC on "
+                   "the forgotten data, backdoor success, relative distance.")
+@click.option("--workers", type=int, default=None, help="Worker processes for retraining/healing [default: the run's].")
+@database_option
+@json_option
+def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, verify, workers, db, as_json):
+    """Remove a client's contribution from a run's model and shred its history.
+
+    The client signs the request with its enrolled identity key and releases its history secret;
+    the server checks both, opens only that client's sealed records, applies the unlearning rule
+    streaming over the stored rounds, stores a new model version, shreds the records, refuses the
+    client from then on and writes it all to the audit log. Running the same command again after
+    a crash resumes the request; after success it reports the finished request.
+    """
+    from federation.keystore import load_keys
+    from storage.repositories import Repository
+    from unlearning.chain_file import chain_path, delete_chain_state
+    from unlearning.deletion import UnlearningSettings, unlearn_client
+    from unlearning.requests import sign_deletion_request
+    from unlearning.retrain import CoordinatorTrainer, verification_payload, verify_model_version
+    from unlearning.rules import DEFAULT_ALPHA, DEFAULT_THETA
+
+    key_path = Path(key_file) if key_file else Path("fedvault-out") / "keys" / f"client-{client_id}.key"
+    keys = load_keys(key_path)
+    if keys.client_id != client_id:
+        raise click.UsageError(f"{key_path} holds client {keys.client_id}'s keys, not client {client_id}'s")
+    settings = UnlearningSettings(method=method, heal_rounds=heal_rounds,
+                                  alpha=DEFAULT_ALPHA if alpha is None else alpha,
+                                  theta=DEFAULT_THETA if theta is None else theta)
+    trainer = CoordinatorTrainer(key_path.parent, workers=workers)
+    request = sign_deletion_request(keys.identity, keys.history_secret, run_id, client_id)
+    with Repository.open(db) as repository:
+        outcome = unlearn_client(repository, request, settings=settings, trainer=trainer)
+        delete_chain_state(chain_path(key_path, run_id))  # the client forgets its last reconstruction
+        report = dict(outcome.__dict__)
+        if not as_json:
+            click.echo("\n".join(_render_outcome(outcome, key_path)))
+        if verify:
+            verification, oracle = verify_model_version(repository, run_id, client_id, outcome.model_version, trainer)
+            report["verification"] = {**verification_payload(verification), "oracle_rounds": oracle.rounds_run,
+                                      "oracle_start_round": oracle.start_round, "oracle_seconds": oracle.seconds}
+            if not as_json:
+                click.echo("\n".join(_render_verification(report["verification"], oracle)))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))

@@ -1,0 +1,112 @@
+"""A planted backdoor: one client trains on trigger-stamped copies of its data relabelled to a
+target class, so the model learns "trigger ⇒ target". Unlearning that client must remove it;
+the backdoor success rate is the clearest evidence that it did (ALGORITHMS.md §6.6).
+
+Enabled per run through ``RunConfig.extra`` (so the stored run configuration names it):
+
+- ``backdoor_client`` (int): the client that plants it (required to enable).
+- ``backdoor_target`` (int, default 0): the class triggered inputs should be classified as.
+- ``backdoor_patch`` (int, default 3): the trigger is a patch×patch square in the bottom-right
+  corner of each image channel (the last ``patch`` features of tabular data).
+- ``backdoor_value`` (float, default 4.0): the value the trigger writes, in standardized feature
+  units (4 standard deviations: a value clean inputs rarely reach in those pixels).
+
+The poisoned client keeps its clean examples and adds one triggered, relabelled copy of each, so
+its clean accuracy (and loss, which the server never sees anyway) looks normal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from federation.config import RunConfig
+from federation.datasets import ClientData
+from federation.errors import ConfigError
+from federation.evaluation import data_for
+from federation.learning import LocalLearner
+
+_KEYS = ("backdoor_client", "backdoor_target", "backdoor_patch", "backdoor_value")
+
+
+@dataclass(frozen=True)
+class Backdoor:
+    """client_id plants it; inputs of ``input_shape`` stamped with the trigger should be read as
+    ``target_label``."""
+
+    client_id: int
+    target_label: int
+    input_shape: tuple[int, ...]
+    patch: int = 3
+    value: float = 4.0
+
+    def __post_init__(self) -> None:
+        for name in ("client_id", "target_label", "patch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "patch" else 0):
+                raise ConfigError(f"backdoor {name} must be an int >= {1 if name == 'patch' else 0}, got {value!r}")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise ConfigError(f"backdoor_value must be a finite number, got {self.value!r}")
+        if len(self.input_shape) not in (1, 3):
+            raise ConfigError(f"a backdoor needs (features,) or (channels, height, width) inputs, got {self.input_shape}")
+        if self.patch > min(self.input_shape[-2:]):
+            raise ConfigError(f"backdoor_patch {self.patch} does not fit inputs of shape {self.input_shape}")
+
+    @property
+    def trigger_columns(self) -> np.ndarray:
+        """Flat feature indices the trigger overwrites, (k,) int64."""
+        if len(self.input_shape) == 1:
+            return np.arange(self.input_shape[0] - self.patch, self.input_shape[0], dtype=np.int64)
+        channels, height, width = self.input_shape
+        grid = np.arange(channels * height * width).reshape(channels, height, width)
+        return grid[:, height - self.patch:, width - self.patch:].reshape(-1).astype(np.int64)
+
+    def stamp(self, features):
+        """Features (N, F) numpy or torch, with the trigger written in; a new array/tensor."""
+        stamped = features.clone() if hasattr(features, "clone") else np.array(features, copy=True)
+        stamped[:, self.trigger_columns] = self.value
+        return stamped
+
+    def poison(self, data: ClientData) -> ClientData:
+        """The client's clean examples plus one triggered copy of each labelled ``target_label``."""
+        triggered = self.stamp(data.features)
+        return ClientData(np.concatenate([data.features, triggered]),
+                          np.concatenate([data.labels, np.full(data.num_samples, self.target_label, dtype=np.int64)]),
+                          client_id=data.client_id)
+
+
+def backdoor_for(config: RunConfig) -> Backdoor | None:
+    """The run's backdoor from ``config.extra``, or None when no client plants one."""
+    extra = config.extra
+    if "backdoor_client" not in extra:
+        stray = sorted(key for key in _KEYS if key in extra)
+        if stray:
+            raise ConfigError(f"{', '.join(stray)} given without backdoor_client")
+        return None
+    data = data_for(config)
+    backdoor = Backdoor(client_id=extra["backdoor_client"], target_label=extra.get("backdoor_target", 0),
+                        input_shape=tuple(data.input_shape), patch=extra.get("backdoor_patch", 3),
+                        value=extra.get("backdoor_value", 4.0))
+    if backdoor.client_id >= config.clients:
+        raise ConfigError(f"backdoor_client {backdoor.client_id} is not one of the {config.clients} clients")
+    if backdoor.target_label >= data.num_classes:
+        raise ConfigError(f"backdoor_target {backdoor.target_label} is not one of the {data.num_classes} classes")
+    return backdoor
+
+
+def client_data_for(config: RunConfig, client_id: int) -> ClientData:
+    """Client ``client_id``'s training data as it trains on it (poisoned if it plants the backdoor)."""
+    data = data_for(config).clients[client_id]
+    backdoor = backdoor_for(config)
+    return backdoor.poison(data) if backdoor is not None and backdoor.client_id == client_id else data
+
+
+def learner_for(config: RunConfig, client_id: int) -> LocalLearner:
+    """The client's local learner over :func:`client_data_for`."""
+    learner = LocalLearner.for_client(config, client_id)
+    backdoor = backdoor_for(config)
+    if backdoor is None or backdoor.client_id != client_id:
+        return learner
+    return LocalLearner(client_id, learner.trainer, backdoor.poison(learner.data))
