@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "db": "cli.db:db",
     "audit": "cli.audit:audit",
     "history": "cli.history:history",
+    "serve": "cli.serve:serve",
+    "client": "cli.client:client",
     "unlearn": "cli.unlearn:unlearn",
 }
 

@@ -34,7 +34,8 @@ _CONFIG_FLAGS = {
     "dropout": ("dropout_rate", float, "Simulated probability that a client drops out during a round."),
     "noise": ("noise", click.Choice(["distributed", "local", "none"]),
               "Integer DP noise: shares of a central guarantee, a local (LDP) guarantee per client, or none."),
-    "mechanism": ("mechanism", click.Choice(["skellam", "dgauss"]), "Integer noise distribution."),
+    "mechanism": ("mechanism", click.Choice(["skellam", "discrete_gaussian"]),
+                  "Integer noise: Skellam or discrete Gaussian, sampled exactly from the OS CSPRNG."),
     "epsilon": ("target_epsilon", float, "Target ε per client over the whole run (noise is calibrated to it)."),
     "delta": ("delta", float, "δ of the (ε, δ) guarantee."),
     "budget": ("budget_epsilon", float, "Per-client ε budget in the ledger (default: --epsilon)."),
@@ -68,8 +69,8 @@ def run(config_file, db, out_dir, resume_run, baseline, plots, as_json, **flags)
 
     Clients train locally, clip, lattice-encode and noise their updates, and mask them with
     SecAgg+; the server sees only the masked vectors and their sum. Every round is committed to
-    the database with its privacy-ledger charges. Defaults: digits, 20 clients, Dirichlet 0.5,
-    30 rounds, distributed Skellam noise at ε = 8, about a minute on two cores.
+    the database with its privacy-ledger charges. Defaults: digits, 50 clients, Dirichlet 1.0,
+    logistic regression, 15 rounds, distributed Skellam noise at ε = 8, under a minute on two cores.
     """
     from federation.config import RunConfig, load_config_file
     from federation.runner import execute_run

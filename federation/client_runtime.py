@@ -24,8 +24,7 @@ from federation.errors import FederationError
 from federation.keystore import load_or_create_keys
 from federation.round_plan import RoundPlan
 from privacy.clipping import clip_l2
-from privacy.discrete_gaussian import sample_discrete_gaussian
-from privacy.skellam import sample_skellam
+from privacy.mechanisms import LocalNoise, release_distributed_share, release_local
 from secagg.client import SecAggClient
 from secagg.modular import wrap
 from unlearning.chain_file import ChainState, chain_path, load_chain_state, save_chain_state
@@ -107,7 +106,7 @@ class ClientRuntime:
         clipped, _norm = clip_l2(result.update.astype(np.float64), plan.clip_norm)  # the norm stays here
         codec = plan.codec()
         coordinates = codec.encode(clipped, plan.round_seed, self.client_id)
-        noise = self._noise(plan, coordinates.size)
+        noise = self._noise(plan, coordinates)
         sealed = None
         if record and self.config.history:
             contribution = coordinates + noise if plan.noise.mode == "local" else coordinates
@@ -130,7 +129,7 @@ class ClientRuntime:
         config = run_record_config(
             dimension=plan.dimension, clip_norm=plan.clip_norm, bits_per_entry=self.config.history_bits_per_entry,
             lattice=self.config.history_lattice, codec_lattice=plan.lattice, step=plan.step,
-            noise_mode=plan.noise.mode, noise_mechanism=plan.noise.mechanism, noise_parameter=plan.noise.parameter)
+            noise_mode=plan.noise.mode, noise_mechanism=plan.noise.mechanism, noise_parameter=plan.noise.scale)
         state = self._chain_state()
         chain = state.confirmed
         if chain.round_index is not None and chain.round_index >= plan.round_index:
@@ -152,13 +151,14 @@ class ClientRuntime:
         save_chain_state(self._chain_file, confirmed)
         return True
 
-    def _noise(self, plan: RoundPlan, size: int) -> np.ndarray:
-        noise = plan.noise
-        if noise.mode == "none":
-            return np.zeros(size, dtype=np.int64)
-        if noise.mechanism == "skellam":
-            return sample_skellam(noise.parameter, size)
-        return sample_discrete_gaussian(noise.parameter, size)
+    @staticmethod
+    def _noise(plan: RoundPlan, coordinates: np.ndarray) -> np.ndarray:
+        """This client's integer noise (OS CSPRNG) as the plan announces: (m,) int64, zero in mode "none"."""
+        noise = plan.noise.mechanism_object()
+        if noise is None:
+            return np.zeros_like(coordinates)
+        release = release_local if isinstance(noise, LocalNoise) else release_distributed_share
+        return release(coordinates, noise).noised - coordinates
 
     def handle(self, message: bytes) -> bytes:
         """Answer one SecAgg+ request of the current round."""

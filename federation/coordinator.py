@@ -26,6 +26,7 @@ from federation.evaluation import GlobalModel
 from federation.privacy_plan import PrivacyPlanner, table_dropout
 from federation.round_plan import RoundPlan, default_step
 from federation.workers import ClientFailure, WorkerPool
+from privacy.errors import PrivacyError
 from secagg.codec import plan_bits
 from secagg.errors import ProtocolError, RoundAbortedError
 from secagg.graph import default_parameters
@@ -221,10 +222,11 @@ class Coordinator:
             return self._abort(round_index, cohort, started, clock, {},
                                f"only {len(cohort)} eligible clients sampled; at least {max(2, floor)} needed")
         neighbours, threshold = self._graph_parameters(len(cohort))
-        threshold = max(threshold, floor)
+        minimum_survivors = min(len(cohort), max(threshold, floor))
         plan_bytes = plan.to_bytes()
         round_config = make_config(cohort, self.bits, plan.coordinates(), neighbours_k=neighbours,
-                                   threshold=threshold, round_index=round_index, application_config=plan_bytes)
+                                   threshold=threshold, round_index=round_index, application_config=plan_bytes,
+                                   minimum_survivors=minimum_survivors)
         server = SecAggServer(round_config, {c: identity_keys[c] for c in cohort})
         parameters = self.model.flat()
         # Who uploads a history record: a subset computed from the public seed (unlearning.history_policy).
@@ -244,7 +246,7 @@ class Coordinator:
                 requests = server.broadcast()
                 if stage == STAGES[2]:  # charge before any client uploads its masked input
                     charged = self.privacy.charge(
-                        [c for c in requests if c not in gone], round_index, survivors_floor=threshold,
+                        [c for c in requests if c not in gone], round_index,
                         sample_events={c: reports[c].sample_events for c in requests if c not in gone})
                 live = {c: (message,) for c, message in requests.items() if c not in gone}
                 replies = pool.call("handle", live)
@@ -262,6 +264,10 @@ class Coordinator:
             return self._abort(round_index, cohort, started, clock, drops, str(error), charged)
         outcome = server.result
         survivors = sorted(outcome.survivors)
+        try:
+            self.privacy.settle(len(survivors))
+        except PrivacyError as error:  # fewer noise shares than calibrated: release nothing
+            return self._abort(round_index, cohort, started, clock, drops, str(error), charged)
         codec = plan.codec()
         total = codec.decode_sum(outcome.sum, plan.round_seed, survivors, self.dimension)
         mean_update = (total / len(survivors)).astype(np.float32)
@@ -302,7 +308,7 @@ class Coordinator:
     def _public_parameters(self, plan: RoundPlan, neighbours: int, threshold: int) -> dict:
         return {"lattice": plan.lattice, "step": plan.step, "bits": plan.bits, "clip_norm": plan.clip_norm,
                 "noise": plan.noise.mode, "mechanism": plan.noise.mechanism,
-                "noise_parameter": plan.noise.parameter, "neighbours": neighbours, "threshold": threshold,
+                "noise_parameter": plan.noise.scale, "neighbours": neighbours, "threshold": threshold,
                 "round_seed": plan.round_seed.hex(), "dimension": plan.dimension}
 
     def _abort(self, round_index, cohort, started, clock, drops, reason, charged=()) -> RoundSummary:

@@ -16,12 +16,17 @@ Modes (docs/ALGORITHMS.md §3.5):
 
 from __future__ import annotations
 
-import dataclasses
 import math
+
+import dataclasses
 from collections.abc import Iterable, Sequence
 
 from federation.config import RunConfig
-from federation.round_plan import NoiseShare, coordinate_sensitivity
+from federation.round_plan import NoiseShare, coordinate_l2_sensitivity
+from privacy.events import event_from_json
+from privacy.ledger import BudgetLedger
+from privacy.mechanisms import DistributedNoise, LocalNoise, distributed_noise_for, local_noise_for
+from secagg.codec import CodecConfig, LatticeCodec
 from secagg.graph import default_parameters
 from storage.entities import LedgerEntryWrite
 
@@ -29,11 +34,20 @@ UPDATE_STREAMS = {"distributed": "distributed", "local": "update-ldp"}
 
 
 def noise_floor(config: RunConfig) -> int:
-    """Fewest survivors a distributed-noise round accepts: the expected cohort's threshold."""
+    """Fewest survivors a distributed-noise round accepts (RoundConfig.minimum_survivors).
+
+    Each client adds 1/floor of the central noise, so a sum of s >= floor inputs carries s/floor
+    times the calibrated variance: the floor should sit just below the survivors a round usually
+    has. With every sampled client dropping independently at the configured rate, the survivors
+    of an expected cohort n are Binomial(n, 1 − p); the floor is three standard deviations below
+    its mean (a round falls short and aborts, revealing nothing, with probability ~0.1%), and never
+    below the SecAgg+ threshold t (``RunConfig.threshold`` if given).
+    """
     expected = max(2, round(config.clients * config.sample_rate))
-    if config.threshold is not None:
-        return config.threshold
-    return default_parameters(expected, dropout=table_dropout(config.dropout_rate))[1]
+    rate = config.dropout_rate
+    floor = math.floor(expected * (1 - rate) - 3 * math.sqrt(expected * rate * (1 - rate)))
+    threshold = config.threshold or default_parameters(expected, dropout=table_dropout(rate))[1]
+    return max(2, threshold, min(expected, floor))
 
 
 def table_dropout(rate: float) -> float:
@@ -43,61 +57,57 @@ def table_dropout(rate: float) -> float:
 class PrivacyPlanner:
     def __init__(self, config: RunConfig, dimension: int, step: float) -> None:
         self.config = config
-        self.noise_share = self._calibrate(config, dimension, step)
+        self.noise = self._calibrate(config, dimension, step)
+        self.noise_share = NoiseShare.of(self.noise)
         self._ledger = self._new_ledger()
 
     # --- calibration ---------------------------------------------------------------------
 
     @staticmethod
-    def _calibrate(config: RunConfig, dimension: int, step: float) -> NoiseShare:
+    def _calibrate(config: RunConfig, dimension: int, step: float) -> LocalNoise | DistributedNoise | None:
         if config.noise == "none":
-            return NoiseShare()
-        from privacy.calibration import calibrate_discrete_gaussian_sigma, calibrate_skellam_mu
-
+            return None
         local = config.noise == "local"
-        l2, l1 = coordinate_sensitivity(config.clip_norm, step, dimension, config.lattice, local=local)
-        floor = 1 if local else noise_floor(config)
-        if config.mechanism == "skellam":
-            total = calibrate_skellam_mu(config.target_epsilon, config.delta, l2, l1, compositions=config.rounds)
-            return NoiseShare(config.noise, "skellam", total / floor, l2, l1, floor)
-        sigma = calibrate_discrete_gaussian_sigma(config.target_epsilon, config.delta, l2, compositions=config.rounds)
-        return NoiseShare(config.noise, "dgauss", sigma / math.sqrt(floor), l2, l1, floor)
+        l2 = coordinate_l2_sensitivity(config.clip_norm, step, dimension, config.lattice, local=local)
+        coordinates = LatticeCodec(CodecConfig(lattice=config.lattice, step=step, bits=32,
+                                               clip_norm=config.clip_norm)).coordinates(dimension)
+        if local:
+            return local_noise_for(config.mechanism, config.target_epsilon, config.delta, l2, coordinates,
+                                   compositions=config.rounds)
+        return distributed_noise_for(config.mechanism, config.target_epsilon, config.delta, l2, coordinates,
+                                     noise_floor(config), compositions=config.rounds)
 
-    def round_event(self, survivors_floor: int | None = None):
-        """The event one round charges each participant: the noise the sum carries at worst."""
-        from privacy.events import DiscreteGaussianEvent, SkellamEvent
+    def round_event(self):
+        """The event one round charges each participant (the noise at the accepted worst case)."""
+        return self.noise.event()
 
-        share = self.noise_share
-        floor = max(share.floor, survivors_floor or share.floor) if share.mode == "distributed" else 1
-        if share.mechanism == "skellam":
-            return SkellamEvent(mu=share.parameter * floor, l2_sensitivity=share.l2_sensitivity,
-                                l1_sensitivity=share.l1_sensitivity)
-        return DiscreteGaussianEvent(sigma=share.parameter * math.sqrt(floor), l2_sensitivity=share.l2_sensitivity)
+    def settle(self, survivors: int) -> None:
+        """Fail closed before releasing a sum that holds fewer noise shares than calibrated."""
+        if isinstance(self.noise, DistributedNoise):
+            self.noise.settle(self.noise.event(), survivors)
 
     # --- the ledger ----------------------------------------------------------------------
 
     def _new_ledger(self):
         if self.config.noise == "none" and self.config.trainer != "dpsgd":
             return None
-        from privacy.ledger import BudgetLedger
-
         return BudgetLedger(budget_epsilon=self.config.client_budget, delta=self.config.delta)
 
     def can_participate(self, client_id: int) -> bool:
-        if self._ledger is None or self.config.noise == "none":
+        if self._ledger is None or self.noise is None:
             return True
         return self._ledger.can_participate(client_id, self.round_event())
 
-    def charge(self, clients: Iterable[int], round_index: int, *, survivors_floor: int,
+    def charge(self, clients: Iterable[int], round_index: int, *,
                sample_events: dict[int, Sequence] | None = None) -> list[LedgerEntryWrite]:
         """Charge each client for this round's release(s) before it uploads; over-budget raises."""
         if self._ledger is None:
             return []
         entries = []
         for client_id in clients:
-            if self.config.noise != "none":
+            if self.noise is not None:
                 entry = self._ledger.charge(client_id, round_index, UPDATE_STREAMS[self.config.noise],
-                                            self.round_event(survivors_floor))
+                                            self.round_event())
                 entries.append(LedgerEntryWrite(**dataclasses.asdict(entry)))
             for event in (sample_events or {}).get(client_id, ()):
                 entry = self._ledger.charge(client_id, round_index, "dp-sgd", event)
@@ -108,8 +118,6 @@ class PrivacyPlanner:
         """Re-charge the stored ledger (resume): the same events, the same running totals."""
         if self._ledger is None:
             return
-        from privacy.events import event_from_json
-
         for entry in stored_entries:
             self._ledger.charge(entry.client_id, entry.round_index, entry.stream, event_from_json(entry.event_json))
 

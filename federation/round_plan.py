@@ -14,6 +14,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from federation.errors import ConfigError
+from privacy.mechanisms import DistributedNoise, LocalNoise
 from secagg.codec import CodecConfig, LatticeCodec
 from secagg.lattice import get_lattice
 from secagg.rotation import padded_dimension
@@ -23,28 +24,52 @@ PLAN_VERSION = 1
 
 @dataclass(frozen=True)
 class NoiseShare:
-    """The integer noise one client adds to each coordinate before masking.
+    """The integer noise each client adds to its coordinates before masking, as announced.
 
-    ``mode``: "none", "local" or "distributed"; ``mechanism``: "skellam" (``parameter`` = the
-    client's variance μ_i) or "dgauss" (``parameter`` = the client's σ_i); ``l2_sensitivity`` and
-    ``l1_sensitivity``: of one release in coordinate units (what the accountant is charged with);
-    ``floor``: the fewest survivors whose shares together make the central guarantee
-    (distributed mode; the round aborts below it).
+    ``mode``: "none", "local" (each release is (ε, δ)-DP on its own) or "distributed" (the secure
+    sum of at least ``min_survivors`` shares carries the central guarantee); ``mechanism``:
+    "skellam" (``scale`` = the client's variance) or "discrete_gaussian" (``scale`` = the
+    client's σ); sensitivities are of the integer coordinates (replace-one for local, add/remove
+    for distributed); ``dimension``: coordinates per client. ``mechanism_object`` gives the
+    ``privacy.mechanisms`` description that samples the noise and names the event to charge.
     """
 
     mode: str = "none"
     mechanism: str = "skellam"
-    parameter: float = 0.0
+    scale: float = 0.0
     l2_sensitivity: float = 0.0
     l1_sensitivity: float = 0.0
-    floor: int = 1
+    min_survivors: int = 1
+    dimension: int = 1
+
+    @classmethod
+    def of(cls, noise: LocalNoise | DistributedNoise | None) -> NoiseShare:
+        if noise is None:
+            return cls()
+        if isinstance(noise, LocalNoise):
+            return cls("local", noise.mechanism, noise.scale, noise.l2_sensitivity, noise.l1_sensitivity)
+        return cls("distributed", noise.mechanism, noise.share_scale, noise.l2_sensitivity, noise.l1_sensitivity,
+                   noise.min_survivors, noise.dimension)
+
+    def mechanism_object(self) -> LocalNoise | DistributedNoise | None:
+        if self.mode == "none":
+            return None
+        if self.mode == "local":
+            return LocalNoise(self.mechanism, self.scale, self.l2_sensitivity, self.l1_sensitivity)
+        return DistributedNoise(self.mechanism, self.scale, self.min_survivors, 0, self.l2_sensitivity,
+                                self.l1_sensitivity, self.dimension)
+
+    @property
+    def floor(self) -> int:
+        """Fewest inputs a sum may hold for its noise to be as calibrated (1 unless distributed)."""
+        return self.min_survivors if self.mode == "distributed" else 1
 
     @property
     def std(self) -> float:
         """Standard deviation of one client's noise on one coordinate."""
         if self.mode == "none":
             return 0.0
-        return math.sqrt(self.parameter) if self.mechanism == "skellam" else self.parameter
+        return math.sqrt(self.scale) if self.mechanism == "skellam" else self.scale
 
 
 @dataclass(frozen=True)
@@ -119,21 +144,16 @@ def point_sensitivity(clip_norm: float, step: float, dimension: int, lattice: st
     return (2.0 if local else 1.0) * clip_norm / step + rounding
 
 
-def coordinate_sensitivity(clip_norm: float, step: float, dimension: int, lattice: str, *,
-                           local: bool) -> tuple[float, float]:
-    """(L2, L1) sensitivity of one client's integer coordinates z = p·G⁻¹, the noise's domain.
+def coordinate_l2_sensitivity(clip_norm: float, step: float, dimension: int, lattice: str, *, local: bool) -> float:
+    """L2 sensitivity of one client's integer coordinates z = p·G⁻¹, the noise's domain.
 
     Integer noise must cover every coordinate vector (noise on a sub-lattice would leave the coset
     of p visible), so the sensitivity is measured on z and pays ‖G⁻¹‖ (1 for Z, 1.93 for D4, 11.2
-    for the E8 basis of docs/ALGORITHMS.md §2.1). L1 uses ‖v‖₁ <= min(√m‖v‖₂, ‖v‖₂²) for integer
-    vectors (Agarwal et al. 2021).
+    for the E8 basis of docs/ALGORITHMS.md §2.1): with noise on, Z is the lattice to use.
     """
     spec = get_lattice(lattice)
     inverse_norm = float(1.0 / min(_singular_values(spec.generator)))
-    l2 = inverse_norm * point_sensitivity(clip_norm, step, dimension, lattice, local=local)
-    coordinates = math.ceil(padded_dimension(dimension) / spec.dimension) * spec.dimension
-    l1 = min(math.sqrt(coordinates) * l2, l2 * l2)
-    return l2, l1
+    return inverse_norm * point_sensitivity(clip_norm, step, dimension, lattice, local=local)
 
 
 def _singular_values(matrix):

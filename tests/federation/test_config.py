@@ -6,7 +6,7 @@ from federation.errors import ConfigError
 
 def test_defaults_are_a_private_run():
     config = RunConfig()
-    assert config.noise == "distributed" and config.dataset == "digits" and config.clients == 20
+    assert config.noise == "distributed" and config.dataset == "digits" and config.clients == 50
     assert config.client_budget == config.target_epsilon
 
 
@@ -18,7 +18,7 @@ def test_defaults_are_a_private_run():
     ({"delta": 1.0}, "delta must be in (0.0, 1.0)"),
     ({"target_epsilon": float("nan")}, "target_epsilon must be a finite number"),
     ({"bits": 40}, "bits must be between 2 and 32"),
-    ({"threshold": 21}, "threshold must be between 2 and clients=20"),
+    ({"threshold": 51}, "threshold must be between 2 and clients=50"),
     ({"rounds": True}, "rounds must be an integer"),
 ])
 def test_bad_values_name_the_key(changes, fragment):
