@@ -41,7 +41,12 @@ import numpy as np
 from storage.entities import CheckpointWrite, DeletionRequestInfo, RoundInfo
 from storage.errors import ClientNotFoundError
 from storage.repositories import Repository
-from unlearning.deletion_errors import ClientNotActiveError, DeletionRequestError, IncompleteHistoryError
+from unlearning.deletion_errors import (
+    ClientNotActiveError,
+    DeletionRequestError,
+    IncompleteHistoryError,
+    RetrainError,
+)
 from unlearning.errors import (
     BrokenChainError,
     HistorySecretError,
@@ -60,11 +65,11 @@ from unlearning.run_records import run_record_config
 
 METHODS = ("medu", "retrain")
 COMPLETED_EVENT = "unlearning.completed"
-#: Errors after which the request can never succeed as made: it moves to ``failed`` (a new
-#: request, e.g. with ``method="retrain"``, may follow). Anything else (a crash, a locked
-#: database) leaves it where it was, to be resumed.
+#: Errors after which the request cannot succeed as made: it moves to ``failed`` (a new
+#: request, e.g. with ``method="retrain"`` or without healing, may follow). Anything else (a
+#: crash, a locked database) leaves it where it was, to be resumed.
 _PERMANENT_ERRORS = (IncompleteHistoryError, BrokenChainError, RecordAuthenticationError, RecordBoundError,
-                     MalformedRecordError, HistorySecretError)
+                     MalformedRecordError, HistorySecretError, RetrainError)
 
 
 @dataclass(frozen=True)

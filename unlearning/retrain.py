@@ -66,7 +66,7 @@ class CoordinatorTrainer:
         return config.replace(history=False, workers=self.workers)
 
     def _train(self, repository: Repository, run_id: int, config: RunConfig, exclude: Collection[int],
-               initial: np.ndarray | None, rounds: int) -> tuple[np.ndarray, int]:
+               initial: np.ndarray | None, rounds: int, purpose: str) -> tuple[np.ndarray, int]:
         last_round = repository.last_committed_round(run_id)
         with tempfile.TemporaryDirectory(prefix="fedvault-oracle-") as directory:
             scratch = _temporary_repository(directory)
@@ -80,11 +80,16 @@ class CoordinatorTrainer:
                                             e.epsilon_after, e.delta)
                            for e in scratch.ledger_entries(coordinator.run_id)]
                 completed = sum(1 for r in summary.rounds if r.status == "completed")
+                reasons = sorted({r.abort_reason for r in summary.rounds if r.abort_reason})
                 parameters = coordinator.model.flat()
             finally:
                 scratch.close()
         if charges:
             repository.append_ledger_entries(run_id, charges)
+        if completed == 0:
+            raise RetrainError(f"every one of the {rounds} {purpose} rounds aborted ({'; '.join(reasons)}): "
+                               "too few remaining clients for the run's SecAgg threshold or noise floor, or "
+                               "their privacy budgets are spent")
         return parameters, completed
 
     def retrain(self, repository: Repository, run_id: int, exclude: Collection[int]) -> RetrainedModel:
@@ -110,19 +115,17 @@ class CoordinatorTrainer:
             parameters, _ = current_model(repository, run_id)
             return RetrainedModel(parameters, last_round, start, 0, 0, time.perf_counter() - started)
         parameters, completed = self._train(repository, run_id, self._config(repository, run_id), exclude,
-                                            initial, count)
-        if completed == 0:
-            raise RetrainError(f"every one of the {count} retraining rounds aborted (too few eligible clients "
-                               "or budgets exhausted); no oracle model")
+                                            initial, count, "retraining")
         return RetrainedModel(parameters, last_round, start, count, completed, time.perf_counter() - started)
 
     def heal(self, repository: Repository, run_id: int, parameters: np.ndarray, rounds: int,
              exclude: Collection[int]) -> np.ndarray:
-        """``rounds`` federated rounds of the clients not in ``exclude``, from ``parameters``."""
+        """``rounds`` federated rounds of the clients not in ``exclude``, from ``parameters``
+        (RetrainError when every one of them aborts: nothing healed)."""
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise UnlearningInputError(f"rounds must be a positive int, got {rounds!r}")
         healed, _ = self._train(repository, run_id, self._config(repository, run_id), exclude,
-                                np.asarray(parameters, dtype=np.float32), rounds)
+                                np.asarray(parameters, dtype=np.float32), rounds, "healing")
         return healed
 
 

@@ -11,7 +11,7 @@ import pytest
 from storage import RoundWrite
 from storage.errors import ClientDeletedError
 from unlearning.deletion import UnlearningSettings, current_model, medu_correction, unlearn_client
-from unlearning.deletion_errors import IncompleteHistoryError
+from unlearning.deletion_errors import IncompleteHistoryError, RetrainError
 from unlearning.errors import UnlearningConfigurationError
 from unlearning.records import open_history
 from unlearning.requests import sign_deletion_request
@@ -154,3 +154,26 @@ def test_retraining_and_healing_need_a_trainer(synthetic_run):
 def test_settings_are_validated(changes):
     with pytest.raises(UnlearningConfigurationError):
         UnlearningSettings(**changes)
+
+
+class _TrainerWithoutClients:
+    """A RemainingClientsTrainer whose every round aborts (as CoordinatorTrainer does when too few
+    clients remain)."""
+
+    def heal(self, repository, run_id, parameters, rounds, exclude):
+        raise RetrainError(f"every one of the {rounds} healing rounds aborted (only 1 eligible client)")
+
+    def retrain(self, repository, run_id, exclude):
+        raise RetrainError("every one of the 6 retraining rounds aborted (only 1 eligible client)")
+
+
+@pytest.mark.parametrize("settings", [UnlearningSettings(heal_rounds=2), UnlearningSettings(method="retrain")])
+def test_training_that_cannot_run_fails_the_request_so_another_can_follow(synthetic_run, settings):
+    run = synthetic_run
+    with run.open() as repository:
+        checkpoints = repository.list_checkpoints(run.run_id)
+        with pytest.raises(RetrainError):
+            unlearn_client(repository, _request(run, 3), settings=settings, trainer=_TrainerWithoutClients())
+        (request,) = repository.list_deletion_requests(run.run_id, 3)
+        assert request.state == "failed" and repository.list_checkpoints(run.run_id) == checkpoints
+        assert unlearn_client(repository, _request(run, 3)).request_id != request.id  # a new request succeeds

@@ -13,6 +13,7 @@ from federation.errors import ConfigError
 from federation.evaluation import GlobalModel, data_for
 from storage import Repository
 from unlearning.deletion import current_model
+from unlearning.deletion_errors import RetrainError
 from unlearning.retrain import CoordinatorTrainer, verify_against_oracle
 
 CONFIG = RunConfig(dataset="digits", split="iid", clients=4, rounds=4, model="logreg", noise="none",
@@ -120,3 +121,11 @@ def test_healing_trains_the_remaining_clients_from_the_given_model(late_joiner):
     model.load_flat(healed)
     assert model.evaluate()[0] > 0.5  # two rounds of the three remaining clients taught it digits
     assert len(repository.list_rounds(run_id)) == CONFIG.rounds  # no round added to the run
+
+
+@slow
+def test_healing_that_cannot_run_a_single_round_raises_instead_of_returning_the_model(late_joiner):
+    repository, run_id, keys, _ = late_joiner
+    current, _ = current_model(repository, run_id)
+    with pytest.raises(RetrainError, match="every one of the 1 healing rounds aborted"):
+        CoordinatorTrainer(keys, workers=1).heal(repository, run_id, current, 1, {0, 1, 2})  # one client left
