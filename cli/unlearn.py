@@ -78,7 +78,7 @@ def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, veri
     client from then on and writes it all to the audit log. Running the same command again after
     a crash resumes the request; after success it reports the finished request.
     """
-    from federation.keystore import load_keys
+    from federation.keystore import load_keys, run_state_tag
     from storage.repositories import Repository
     from unlearning.chain_file import chain_path, delete_chain_state
     from unlearning.deletion import UnlearningSettings, unlearn_client
@@ -97,7 +97,9 @@ def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, veri
     request = sign_deletion_request(keys.identity, keys.history_secret, run_id, client_id)
     with Repository.open(db) as repository:
         outcome = unlearn_client(repository, request, settings=settings, trainer=trainer)
-        delete_chain_state(chain_path(key_path, run_id))  # the client forgets its last reconstruction
+        # The client forgets its last reconstruction.
+        run_tag = run_state_tag(run_id, repository.get_run(run_id).created_at)
+        delete_chain_state(chain_path(key_path, run_tag))
         report = dict(outcome.__dict__)
         if not as_json:
             click.echo("\n".join(_render_outcome(outcome, key_path)))

@@ -21,12 +21,15 @@ import numpy as np
 
 from federation.config import RunConfig
 from federation.errors import FederationError
+from federation.client_ledger import ClientLedger
 from federation.keystore import load_or_create_keys
 from federation.round_plan import RoundPlan
 from privacy.clipping import clip_l2
+from privacy.errors import BudgetExceededError
 from privacy.mechanisms import LocalNoise, release_distributed_share, release_local
 from secagg.client import SecAggClient
 from secagg.modular import wrap
+from secagg.stages import MASKED_INPUT
 from unlearning.chain_file import ChainState, chain_path, load_chain_state, save_chain_state
 from unlearning.records import RecordChain, build_record
 from unlearning.run_records import run_record_config
@@ -55,13 +58,15 @@ class ClientFactory:
     config: RunConfig
     run_id: int
     key_directory: str
+    run_tag: str | None = None
 
     def __call__(self, client_id: int) -> ClientRuntime:
-        return ClientRuntime(client_id, self.config, self.run_id, Path(self.key_directory))
+        return ClientRuntime(client_id, self.config, self.run_id, Path(self.key_directory), run_tag=self.run_tag)
 
 
 class ClientRuntime:
-    def __init__(self, client_id: int, config: RunConfig, run_id: int, key_directory: Path) -> None:
+    def __init__(self, client_id: int, config: RunConfig, run_id: int, key_directory: Path, *,
+                 run_tag: str | None = None) -> None:
         from federation.backdoor import learner_for  # torch is imported only inside workers
 
         self.client_id = client_id
@@ -70,7 +75,12 @@ class ClientRuntime:
         key_file = key_directory / f"client-{client_id}.key"
         self.keys = load_or_create_keys(key_file, client_id)
         self.learner = learner_for(config, client_id)  # the run's data (poisoned if it plants a backdoor)
-        self._chain_file = chain_path(key_file, run_id)
+        run_tag = run_tag or str(run_id)  # federation.keystore.run_state_tag: unique across databases
+        self._chain_file = chain_path(key_file, run_tag)
+        self._own_ledger = ClientLedger(key_file.with_name(f"client-{client_id}.run-{run_tag}.ledger.json"),
+                                        client_id, config.client_budget, config.delta)
+        self._round_releases: list[tuple[str, object]] = []
+        self._round_index: int | None = None
         self._chain: ChainState | None = None
         self._identity_directory: dict[int, bytes] = {}
         self._secagg: SecAggClient | None = None
@@ -102,6 +112,12 @@ class ClientRuntime:
         plan = RoundPlan.from_bytes(plan_bytes)
         if plan.dimension != global_parameters.size:
             raise ClientRefusedError(f"plan dimension {plan.dimension} != model size {global_parameters.size}")
+        releases = self._releases(plan)
+        try:
+            self._own_ledger.check(plan.round_index, releases)  # decline before spending any effort
+        except BudgetExceededError as error:
+            raise ClientRefusedError(str(error)) from None
+        self._round_releases, self._round_index = releases, plan.round_index
         result = self.learner.train(global_parameters, plan.round_seed)
         clipped, _norm = clip_l2(result.update.astype(np.float64), plan.clip_norm)  # the norm stays here
         codec = plan.codec()
@@ -160,10 +176,26 @@ class ClientRuntime:
         release = release_local if isinstance(noise, LocalNoise) else release_distributed_share
         return release(coordinates, noise).noised - coordinates
 
+    def _releases(self, plan: RoundPlan) -> list[tuple[str, object]]:
+        """(ledger stream, event) of each release this round's upload makes."""
+        releases = [("dp-sgd", event) for event in self.learner.privacy_events()]
+        noise = plan.noise.mechanism_object()
+        if noise is not None:
+            releases.append(("update-ldp" if isinstance(noise, LocalNoise) else "distributed", noise.event()))
+        return releases
+
     def handle(self, message: bytes) -> bytes:
-        """Answer one SecAgg+ request of the current round."""
+        """Answer one SecAgg+ request of the current round (charging its own ledger right before
+        the masked input leaves)."""
         if self._secagg is None:
             raise ClientRefusedError("no round in progress on this client")
+        if self._secagg.stage == MASKED_INPUT and self._round_releases:
+            try:
+                self._own_ledger.charge(self._round_index, self._round_releases)
+            except BudgetExceededError as error:
+                self._secagg = None
+                raise ClientRefusedError(str(error)) from None
+            self._round_releases = []
         first = self._secagg.config is None
         reply = self._secagg.handle(message)
         if first:

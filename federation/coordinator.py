@@ -22,6 +22,7 @@ import numpy as np
 from federation.client_runtime import ClientFactory, TrainReport
 from federation.config import RunConfig
 from federation.errors import ResumeError
+from federation.keystore import run_state_tag
 from federation.evaluation import GlobalModel
 from federation.privacy_plan import PrivacyPlanner, table_dropout
 from federation.round_plan import RoundPlan, default_step
@@ -33,7 +34,7 @@ from secagg.graph import default_parameters
 from secagg.modular import centered_lift
 from secagg.server import SecAggServer
 from secagg.simulate import make_config
-from secagg.stages import STAGES
+from secagg.stages import MASKED_INPUT, STAGES
 from storage.entities import AggregateWrite, CheckpointWrite, LedgerEntryWrite, RoundWrite, SealedRecordWrite
 from storage.repositories import ClientEnrolment, Repository
 from unlearning.history_policy import HistoryPolicy
@@ -54,9 +55,10 @@ class RoundSummary:
     cohort: int
     survivors: int
     dropouts: int
-    upload_bytes_per_client: float
+    upload_bytes_per_client: float  # all four SecAgg+ stages, averaged over the cohort
     seconds: float
     abort_reason: str | None = None
+    masked_input_bytes_per_client: float = 0.0  # the b-bit packed masked vector alone
 
 
 @dataclass
@@ -92,10 +94,13 @@ class Coordinator:
         self.key_directory = Path(key_directory)
         if run_id is None:
             self.config = config
-            self.run_id = repository.create_run(config.to_dict(), name=name).id
+            info = repository.create_run(config.to_dict(), name=name)
+            self.run_id = info.id
+            self.run_tag = run_state_tag(info.id, info.created_at)
             self.start_round = 0
         else:
             stored = repository.get_run(run_id)  # StorageError names a missing run
+            self.run_tag = run_state_tag(run_id, stored.created_at)
             self.config = RunConfig.from_dict(stored.config)
             self.run_id = run_id
             if stored.status == "completed":
@@ -166,7 +171,7 @@ class Coordinator:
         summary = RunSummary(self.run_id, self.config, parameters=self.dimension, bits=self.bits,
                              lattice=self.config.lattice, float32_update_bytes=4 * self.dimension)
         self._restore()
-        factory = ClientFactory(self.config, self.run_id, str(self.key_directory))
+        factory = ClientFactory(self.config, self.run_id, str(self.key_directory), self.run_tag)
         self.repository.set_run_status(self.run_id, "running")
         stop = self.config.rounds if max_rounds is None else min(self.config.rounds, self.start_round + max_rounds)
         with WorkerPool(factory, range(self.config.clients), workers=self.config.workers) as pool:
@@ -238,13 +243,13 @@ class Coordinator:
         drops = self._dropouts(cohort)
         drops[STAGES[0]] |= failed_training
         gone: set[int] = set()
-        upload = 0
+        upload = masked_input = 0
         charged: list[LedgerEntryWrite] = []
         try:
             for stage in STAGES:
                 gone |= drops[stage]
                 requests = server.broadcast()
-                if stage == STAGES[2]:  # charge before any client uploads its masked input
+                if stage == MASKED_INPUT:  # charge before any client uploads its masked input
                     charged = self.privacy.charge(
                         [c for c in requests if c not in gone], round_index,
                         sample_events={c: reports[c].sample_events for c in requests if c not in gone})
@@ -257,6 +262,8 @@ class Coordinator:
                     try:
                         server.receive(client_id, reply)
                         upload += len(reply)
+                        if stage == MASKED_INPUT:
+                            masked_input += len(reply)
                     except ProtocolError:
                         gone.add(client_id)
                 server.advance()
@@ -297,7 +304,8 @@ class Coordinator:
             pool.call("confirm_record", {record.client_id: (round_index,) for record in records})
         return RoundSummary(round_index, "completed", accuracy, loss, self.privacy.max_epsilon(), len(cohort),
                             len(survivors), len(cohort) - len(survivors), upload / max(1, len(cohort)),
-                            time.perf_counter() - clock)
+                            time.perf_counter() - clock,
+                            masked_input_bytes_per_client=masked_input / max(1, len(survivors)))
 
     def _graph_parameters(self, cohort_size: int) -> tuple[int, int]:
         if self.config.neighbours is not None and self.config.threshold is not None:

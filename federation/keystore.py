@@ -10,6 +10,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from federation.errors import FederationError
@@ -84,3 +85,9 @@ def load_or_create_keys(path: Path, client_id: int) -> ClientKeys:
     keys = ClientKeys.generate(client_id)
     save_keys(path, keys)
     return keys
+
+
+def run_state_tag(run_id: int, created_at: datetime) -> str:
+    """Names a run's client-side state files (own ledger, record chain): unique even when two
+    databases, or a database deleted and created again, reuse a run id."""
+    return f"{run_id}-{created_at:%Y%m%dT%H%M%S%f}"

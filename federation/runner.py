@@ -24,7 +24,8 @@ def format_round(summary: RoundSummary, total_rounds: int) -> str:
         return f"{head}  ABORTED ({summary.abort_reason})  ε={summary.epsilon_spent:.3f}"
     return (f"{head}  acc={summary.accuracy:.4f}  loss={summary.loss:.4f}  ε={summary.epsilon_spent:.3f}  "
             f"clients={summary.survivors}/{summary.cohort}  dropped={summary.dropouts}  "
-            f"up={summary.upload_bytes_per_client / 1024:.1f} KiB/client  {summary.seconds:.2f}s")
+            f"up={summary.upload_bytes_per_client / 1024:.1f} KiB/client "
+            f"(vector {summary.masked_input_bytes_per_client / 1024:.1f})  {summary.seconds:.2f}s")
 
 
 def execute_run(config: RunConfig, *, db: str | None, out_dir: Path, resume_run: int | None = None,
@@ -75,6 +76,7 @@ def _report(summary: RunSummary, history, baseline_accuracy, seconds) -> dict[st
     rounds = [r.__dict__ for r in summary.rounds]
     completed = [r for r in summary.rounds if r.status == "completed"]
     upload = [r.upload_bytes_per_client for r in completed]
+    vector = [r.masked_input_bytes_per_client for r in completed]
     return {
         "run_id": summary.run_id,
         "config": summary.config.to_dict(),
@@ -88,6 +90,7 @@ def _report(summary: RunSummary, history, baseline_accuracy, seconds) -> dict[st
         "baseline_accuracy": baseline_accuracy,
         "epsilon_spent_max": max((r.epsilon_spent for r in summary.rounds), default=0.0),
         "upload_bytes_per_client_per_round": sum(upload) / len(upload) if upload else 0.0,
+        "masked_input_bytes_per_client_per_round": sum(vector) / len(vector) if vector else 0.0,
         "float32_update_bytes": summary.float32_update_bytes,
         "seconds": seconds,
         "rounds": rounds,
@@ -113,8 +116,8 @@ def render_summary(report: dict[str, Any]) -> str:
     def fmt(value, spec):
         return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
-    ratio = report["float32_update_bytes"] / report["upload_bytes_per_client_per_round"] \
-        if report["upload_bytes_per_client_per_round"] else float("nan")
+    vector = report["masked_input_bytes_per_client_per_round"]
+    ratio = report["float32_update_bytes"] / vector if vector else float("nan")
     rows = [
         ("run", str(report["run_id"])),
         ("rounds completed / aborted", f"{report['rounds_completed']} / {report['rounds_aborted']}"),
@@ -123,9 +126,10 @@ def render_summary(report: dict[str, Any]) -> str:
         ("ε spent (max over clients)", fmt(report["epsilon_spent_max"], ".3f")),
         ("model parameters", str(report["parameters"])),
         ("secure-sum width", f"{report['bits']} bits/coordinate ({report['lattice']} lattice)"),
-        ("upload per client per round", f"{report['upload_bytes_per_client_per_round'] / 1024:.1f} KiB "
-                                         f"(float32 update: {report['float32_update_bytes'] / 1024:.1f} KiB, "
-                                         f"{fmt(ratio, '.2f')}x)"),
+        ("masked vector per client per round", f"{vector / 1024:.2f} KiB (float32 update: "
+                                               f"{report['float32_update_bytes'] / 1024:.2f} KiB, {fmt(ratio, '.2f')}x smaller)"),
+        ("upload per client per round, all stages", f"{report['upload_bytes_per_client_per_round'] / 1024:.1f} KiB "
+                                                     "(keys and Shamir shares grow with the neighbours k)"),
         ("wall time", f"{report['seconds']:.1f} s"),
     ]
     for name, path in report.get("plots", {}).items():
