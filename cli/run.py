@@ -24,7 +24,7 @@ _CONFIG_FLAGS = {
     "batch-size": ("batch_size", int, "Local mini-batch size."),
     "lr": ("learning_rate", float, "Local learning rate."),
     "server-lr": ("server_learning_rate", float, "Server step size on the mean update."),
-    "trainer": ("trainer", click.Choice(["sgd", "dpsgd"]), "Local trainer: plain SGD or sample-level DP-SGD (Opacus)."),
+    "trainer": ("trainer", click.Choice(["sgd", "dpsgd"]), "Local trainer: plain SGD or sample-level DP-SGD (Opacus; its ε composes with the update noise's in the ledger, so raise --budget above --epsilon)."),
     "lattice": ("lattice", click.Choice(["Z", "A2", "D4", "E8"]), "Lattice of the dithered quantizer."),
     "clip": ("clip_norm", float, "L2 clip norm C of each client's update."),
     "step": ("step", float, "Lattice step (default: derived from the clip norm and model size)."),

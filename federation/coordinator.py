@@ -268,7 +268,11 @@ class Coordinator:
                         gone.add(client_id)
                 server.advance()
         except RoundAbortedError as error:
-            return self._abort(round_index, cohort, started, clock, drops, str(error), charged)
+            refusals = [r for r in reports.values() if isinstance(r, ClientFailure)]
+            reason = str(error)
+            if refusals:  # say why clients stayed out (e.g. a budget they would pass)
+                reason += f"; {len(refusals)} clients refused, e.g. {refusals[0].error_type}: {refusals[0].message}"
+            return self._abort(round_index, cohort, started, clock, drops, reason, charged)
         outcome = server.result
         survivors = sorted(outcome.survivors)
         try:

@@ -137,3 +137,13 @@ def test_bad_settings_fail_with_one_line_and_nothing_written(tmp_path):
     assert result.exit_code == 2
     assert "clients must be an integer >= 2" in result.output
     assert not db.exists()
+
+
+def test_dp_sgd_run_charges_both_streams_and_refusals_are_explained(tmp_path):
+    report, db = _run(tmp_path, "--trainer", "dpsgd", "--rounds", "2", "--budget", "200", "--epsilon", "50")
+    with Repository.open(str(db)) as repository:
+        streams = {entry.stream for entry in repository.ledger_entries(report["run_id"])}
+    assert streams == {"distributed", "dp-sgd"}
+    refused, _ = _run(tmp_path / "tight", "--trainer", "dpsgd", "--rounds", "1", "--epsilon", "50")
+    assert refused["rounds_aborted"] == 1
+    assert "declines round 0" in refused["rounds"][0]["abort_reason"]
