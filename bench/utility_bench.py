@@ -27,8 +27,10 @@ the coordinator's figure), the median wall time per round, and the whole run's w
 (worker start-up included). The peer runs in this process on one torch thread, its clients one
 after another; fedvault's clients run in two worker processes of one torch thread each.
 
-    python bench/utility_bench.py            # full size: 26 runs, ~10 minutes on 2 cores
+    python bench/utility_bench.py            # full size: 26 runs, ~10 minutes on 2 idle cores
+                                             # (27 minutes with the 2 cores shared, load 4-7)
     python bench/utility_bench.py --quick    # 3 rounds, 2 runs per dataset (~2 minutes)
+    python bench/utility_bench.py --replot   # plots + markdown again from the JSON (runs nothing)
 
 Writes bench/out/utility_bench.json, bench/results/utility.md and bench/results/utility_*.png
 (with --quick: bench/out/utility_bench_quick.json, bench/out/utility_quick.md and
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -369,40 +372,44 @@ def plot_privacy(data: dict[str, Any], path: Path) -> Path:
 
 
 def plot_bits(data: dict[str, Any], path: Path) -> Path:
+    """Accuracy against uplink bytes per client per round: all SecAgg+ stages (top row) and the
+    masked vector alone (bottom row, the part the lattice and bit width decide)."""
     datasets = list(data["baselines"])
-    figure, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
-    styles = {("none", "Z"): ("tab:green", "o"), ("none", "E8"): ("tab:olive", "s"),
-              ("distributed", "Z"): ("tab:blue", "o"), ("distributed", "E8"): ("tab:red", "s")}
-    for axis, dataset in zip(axes[0], datasets):
+    figure, axes = plt.subplots(2, len(datasets), figsize=(5.5 * len(datasets), 8), squeeze=False)
+    colors = {"none": "tab:green", "distributed": "tab:blue"}
+    lattice_style = {"Z": ("o", "-", "full", (4, -11)), "E8": ("s", "--", "none", (4, 5))}
+    measures = (("upload_bytes_per_client_per_round", "uplink bytes per client per round (all SecAgg+ stages)"),
+                ("masked_vector_bytes", "masked vector bytes per client per round (coordinates·b/8)"))
+    default_clip = RunConfig().clip_norm
+    for column, dataset in enumerate(datasets):
         ran = [r for r in data["bits_utility"] if r["dataset"] == dataset and r["status"] == "ran"]
-        default_clip = RunConfig().clip_norm
-        rows = [r for r in ran if r["clip_norm"] == default_clip]
-        for (noise, lattice), (color, marker) in styles.items():
-            group = sorted((r for r in rows if r["noise"] == noise and r["lattice"] == lattice),
-                           key=lambda r: r["upload_bytes_per_client_per_round"])
-            if not group:
-                continue
-            name = "no noise" if noise == "none" else f"ε={group[0]['target_epsilon']:g}"
-            axis.plot([r["upload_bytes_per_client_per_round"] for r in group], [r["final_accuracy"] for r in group],
-                      color=color, marker=marker, label=f"fedvault {lattice}, {name}")
-            for r in group:
-                axis.annotate(f"b={r['bits']}", (r["upload_bytes_per_client_per_round"], r["final_accuracy"]),
-                              textcoords="offset points", xytext=(4, -10), fontsize=7, color=color)
-        for r in ran:
-            if r["clip_norm"] != default_clip:
-                axis.plot([r["upload_bytes_per_client_per_round"]], [r["final_accuracy"]], marker="D",
-                          color="tab:purple", linestyle="none",
-                          label=f"fedvault Z, no noise, C={r['clip_norm']:g} (b={r['bits']})")
         peer = data["baselines"][dataset]
-        axis.plot([peer["float32_update_bytes"]], [peer["final_accuracy"]], marker="*", markersize=12,
-                  color="black", linestyle="none", label="float32 FedAvg (update only)")
-        axis.set_xscale("log")
-        axis.set_xlabel("uplink bytes per client per round (fedvault: all SecAgg+ stages)")
-        axis.set_ylabel("final test accuracy")
-        lowest = min([peer["final_accuracy"], *(r["final_accuracy"] for r in ran)])
-        axis.set_ylim(max(0.0, lowest - 0.1), 1.0)
-        axis.set_title(f"{dataset}: accuracy vs uplink bytes")
-        axis.legend(fontsize=7, loc="lower left")
+        for row_index, (measure, xlabel) in enumerate(measures):
+            axis = axes[row_index][column]
+            for noise, color in colors.items():
+                for lattice, (marker, line, fill, offset) in lattice_style.items():
+                    group = sorted((r for r in ran if r["noise"] == noise and r["lattice"] == lattice
+                                    and r["clip_norm"] == default_clip), key=lambda r: r[measure])
+                    if not group:
+                        continue
+                    name = "no noise" if noise == "none" else f"ε={group[0]['target_epsilon']:g}"
+                    axis.plot([r[measure] for r in group], [r["final_accuracy"] for r in group], color=color,
+                              marker=marker, linestyle=line, fillstyle=fill, label=f"fedvault {lattice}, {name}")
+                    for r in group:
+                        axis.annotate(f"b={r['bits']}", (r[measure], r["final_accuracy"]), textcoords="offset points",
+                                      xytext=offset, fontsize=7, color=color)
+            for r in ran:
+                if r["clip_norm"] != default_clip:
+                    axis.plot([r[measure]], [r["final_accuracy"]], marker="D", color="tab:purple", linestyle="none",
+                              label=f"fedvault Z, no noise, C={r['clip_norm']:g} (b={r['bits']})")
+            axis.plot([peer["float32_update_bytes"]], [peer["final_accuracy"]], marker="*", markersize=12,
+                      color="black", linestyle="none", label="float32 FedAvg (the update)")
+            axis.set_xscale("log")
+            axis.set_xlabel(xlabel, fontsize=8)
+            axis.set_ylabel("final test accuracy")
+            axis.set_ylim(0, 1)
+            axis.set_title(f"{dataset}: accuracy vs {'uplink' if row_index == 0 else 'masked vector'} bytes")
+            axis.legend(fontsize=7, loc="center left")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -484,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSON output (default bench/out/utility_bench.json; _quick with --quick)")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="tables + notes (default bench/results/utility.md; bench/out/utility_quick.md with --quick)")
+    parser.add_argument("--replot", action="store_true",
+                        help="rebuild the plots and markdown from the JSON of an earlier run (runs nothing)")
     args = parser.parse_args(argv)
     out, results = ROOT / "bench" / "out", ROOT / "bench" / "results"
     args.json = args.json or out / ("utility_bench_quick.json" if args.quick else "utility_bench.json")
@@ -493,20 +502,24 @@ def main(argv: list[str] | None = None) -> int:
     for folder in (args.json.parent, plot_dir):
         folder.mkdir(parents=True, exist_ok=True)
 
-    torch.set_num_threads(1)  # like each fedvault worker; also keeps the peer off the shared cores
-    workloads, privacy, bits, refused = quick_plan() if args.quick else full_plan()
-    started = time.perf_counter()
-    data = run_all(workloads, privacy, bits, refused, log=lambda line: print(line, flush=True))
-    command = "python bench/utility_bench.py" + (" --quick" if args.quick else "")
-    data["meta"] = {
-        "command": command, "quick": args.quick, "total_seconds": time.perf_counter() - started,
-        "machine": f"{platform.machine()} Linux, Python {platform.python_version()}, torch {torch.__version__}",
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "workloads": [asdict(w) for w in workloads],
-    }
+    if args.replot:
+        data = json.loads(args.json.read_text())
+    else:
+        torch.set_num_threads(1)  # like each fedvault worker; also keeps the peer off the shared cores
+        workloads, privacy, bits, refused = quick_plan() if args.quick else full_plan()
+        started = time.perf_counter()
+        data = run_all(workloads, privacy, bits, refused, log=lambda line: print(line, flush=True))
+        command = "python bench/utility_bench.py" + (" --quick" if args.quick else "")
+        data["meta"] = {
+            "command": command, "quick": args.quick, "total_seconds": time.perf_counter() - started,
+            "machine": f"{platform.machine()} Linux, Python {platform.python_version()}, torch {torch.__version__}",
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "load_average_at_end": list(os.getloadavg()),
+            "workloads": [asdict(w) for w in workloads],
+        }
+        args.json.write_text(json.dumps(data, indent=2, default=str) + "\n")
     plots = {"privacy": plot_privacy(data, plot_dir / f"{prefix}_privacy.png"),
              "bits": plot_bits(data, plot_dir / f"{prefix}_bits.png")}
-    args.json.write_text(json.dumps(data, indent=2, default=str) + "\n")
     previous = args.markdown.read_text() if args.markdown.exists() else None
     args.markdown.write_text(markdown(data, plots, args.json, previous))
     print()
