@@ -249,3 +249,38 @@ def test_a_round_runs_over_the_api(enrolled):
         manager.tick()
     status = parties[0].call(http, "GET", "/v1/rounds/0").json()
     assert status["state"] == "completed" and status["survivors"] == 6
+
+
+def test_a_client_is_unlearned_over_http_with_its_signed_deletion_request(repository, state, clock, tmp_path,
+                                                                         small_config, monkeypatch):
+    """The whole deletion path: `request_deletion` (the CLI's function) → signed HTTP → the driver
+    unlearns between rounds → the client is deleted and refused from then on."""
+    from federation.client_runtime import ClientRuntime
+    from federation.http_client import ClientOptions, request_deletion
+    from tests.service.fleet import RuntimeClient, drive
+    from unlearning.requests import sign_deletion_request
+
+    monkeypatch.setenv("FEDVAULT_OPERATOR_TOKEN", OPERATOR)
+    config = small_config.replace(history=True, checkpoint_every=1, rounds=2)
+    run_id = repository.create_run(config.to_dict()).id
+    manager = RoundManager(repository, run_id, state, ServiceSettings(min_clients=6, online_window=1e5), clock=clock)
+    fleet = [RuntimeClient(ClientRuntime(c, config, run_id, tmp_path / "keys")) for c in range(6)]
+    for client in fleet:
+        client.enrol(manager)
+    drive(manager, fleet, clock)
+    app = create_app(manager, server_secrets=state.secrets(), replay_guard=ReplayGuard(), tick_interval=0.01)
+    with TestClient(app) as http:
+        options = ClientOptions(server_url="http://testserver", client_id=4, key_directory=tmp_path / "keys")
+        # Signed by client 4 but naming client 5: refused before anything is opened.
+        keys = fleet[4].runtime.keys
+        forged = sign_deletion_request(keys.identity, keys.history_secret, run_id, 5).to_bytes()
+        party = Party(4, run_id)
+        party.identity = keys.identity
+        response = party.call(http, "POST", "/v1/clients/4/deletion-request", forged)
+        assert response.status_code == 403 and "names client 5" in response.json()["detail"]
+        assert repository.list_deletion_requests(run_id) == []
+
+        result = request_deletion(options, timeout=60, http=http)
+    assert result["state"] == "shredded" and result["records_shredded"] == 2
+    assert repository.get_client(run_id, 4).status == "deleted"
+    assert manager.public_key_of(4) is None
