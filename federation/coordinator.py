@@ -28,7 +28,7 @@ from federation.privacy_plan import PrivacyPlanner, table_dropout
 from federation.round_plan import RoundPlan, default_step
 from federation.workers import ClientFailure, WorkerPool
 from privacy.errors import PrivacyError
-from secagg.codec import plan_bits
+from secagg.codec import check_bits, plan_bits
 from secagg.errors import ProtocolError, RoundAbortedError
 from secagg.graph import default_parameters
 from secagg.modular import centered_lift
@@ -94,9 +94,6 @@ class Coordinator:
         self.key_directory = Path(key_directory)
         if run_id is None:
             self.config = config
-            info = repository.create_run(config.to_dict(), name=name)
-            self.run_id = info.id
-            self.run_tag = run_state_tag(info.id, info.created_at)
             self.start_round = 0
         else:
             stored = repository.get_run(run_id)  # StorageError names a missing run
@@ -111,6 +108,7 @@ class Coordinator:
         self.exclude_clients = frozenset(int(c) for c in exclude_clients)
         if any(not 0 <= c < self.config.clients for c in self.exclude_clients):
             raise ResumeError(f"exclude_clients must be client ids below {self.config.clients}")
+        initial = None
         if initial_parameters is not None:
             if run_id is not None:
                 raise ResumeError("initial_parameters start a new run; a resumed run restores its own model")
@@ -118,14 +116,22 @@ class Coordinator:
             if initial.shape != (self.dimension,) or not np.all(np.isfinite(initial)):
                 raise ResumeError(f"initial_parameters must be ({self.dimension},) finite floats")
             self.model.load_flat(initial)
-            repository.save_checkpoint(self.run_id, CheckpointWrite(
-                {"flat": self.model.flat()}, codec="raw", source="initial", round_index=-1))
         self.history_policy = HistoryPolicy(self.config.history_max_records)
         self.step = self.config.step or default_step(self.config.clip_norm, self.dimension, self.config.lattice)
         self.privacy = PrivacyPlanner(self.config, self.dimension, self.step)
-        self.bits = self.config.bits or plan_bits(
-            self.config.clip_norm, self.step, self.config.lattice, self.config.clients, self.dimension,
-            noise_std=self.privacy.noise_share.std)
+        width = (self.config.clip_norm, self.step, self.config.lattice, self.config.clients, self.dimension)
+        if self.config.bits is None:
+            self.bits = plan_bits(*width, noise_std=self.privacy.noise_share.std)
+        else:  # an explicit width must hold the sum (BitWidthError names the knob), never wrap silently
+            check_bits(self.config.bits, *width, noise_std=self.privacy.noise_share.std)
+            self.bits = self.config.bits
+        if run_id is None:  # every check passed: only now does the run exist in storage
+            info = repository.create_run(config.to_dict(), name=name)
+            self.run_id = info.id
+            self.run_tag = run_state_tag(info.id, info.created_at)
+            if initial is not None:
+                repository.save_checkpoint(self.run_id, CheckpointWrite(
+                    {"flat": self.model.flat()}, codec="raw", source="initial", round_index=-1))
         self._simulation = np.random.default_rng(self.config.seed)  # dropouts/sampling: simulation only
 
     # --- set-up ------------------------------------------------------------------------------
@@ -243,7 +249,9 @@ class Coordinator:
         drops = self._dropouts(cohort)
         drops[STAGES[0]] |= failed_training
         gone: set[int] = set()
-        upload = masked_input = 0
+        masked_input = 0
+        upload = sum(len(r.history_record) for r in reports.values()  # sealed records travel with training
+                     if isinstance(r, TrainReport) and r.history_record)
         charged: list[LedgerEntryWrite] = []
         try:
             for stage in STAGES:

@@ -147,3 +147,12 @@ def test_dp_sgd_run_charges_both_streams_and_refusals_are_explained(tmp_path):
     refused, _ = _run(tmp_path / "tight", "--trainer", "dpsgd", "--rounds", "1", "--epsilon", "50")
     assert refused["rounds_aborted"] == 1
     assert "declines round 0" in refused["rounds"][0]["abort_reason"]
+
+
+def test_an_explicit_bit_width_that_cannot_hold_the_sum_is_refused(tmp_path):
+    result = CliRunner().invoke(fedvault, ["run", *SMALL_RUN, "--bits", "4", "--db", str(tmp_path / "x.db"),
+                                           "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "increase --bits to at least" in result.output
+    with Repository.open(str(tmp_path / "x.db")) as repository:
+        assert repository.list_runs() == []  # nothing was stored for a refused configuration
