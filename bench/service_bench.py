@@ -304,7 +304,8 @@ def main() -> None:
         "in_process_round_s": peer, "in_process_round_median_s": statistics.median(peer),
         "wall_s": wall, "cpu_count": os.cpu_count(),
     }
-    result["latency_ratio_service_vs_in_process"] = result["round_latency_median_s"] / result["in_process_round_median_s"]
+    result["latency_ratio_service_vs_in_process"] = (result["round_latency_median_s"]
+                                                     / result["in_process_round_median_s"])
     OUT.mkdir(parents=True, exist_ok=True)
     name = "service-quick.json" if args.quick else "service.json"
     (OUT / name).write_text(json.dumps(result, indent=2))

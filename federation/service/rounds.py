@@ -309,7 +309,8 @@ class RoundManager:
 
     def _probe_plan(self) -> RoundPlan:
         return RoundPlan(round_index=0, round_seed=bytes(32), dimension=self.dimension, lattice=self.config.lattice,
-                         step=self.step, bits=self.bits, clip_norm=self.config.clip_norm, noise=self.privacy.noise_share)
+                         step=self.step, bits=self.bits, clip_norm=self.config.clip_norm,
+                         noise=self.privacy.noise_share)
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` (from any thread, must not block) whenever the version changes."""
