@@ -27,6 +27,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -36,7 +37,7 @@ import numpy as np
 
 from federation.config import RunConfig
 from federation.errors import FederationError
-from federation.keystore import ClientKeys, load_keys, load_or_create_keys
+from federation.keystore import ClientKeys, load_keys, load_or_create_keys, run_state_tag
 from federation.service.auth import sign_request
 from federation.service.errors import ServiceRequestError
 from federation.service.routes import record_path, stage_path
@@ -300,6 +301,7 @@ class ParticipantProcess:
         self._started = False
         self._config: RunConfig | None = None
         self._run_id: int | None = None
+        self._run_tag: str | None = None
         self._runtime = None
 
     def _say(self, text: str) -> None:
@@ -315,6 +317,9 @@ class ParticipantProcess:
         info = self.service.run_info()
         self._config = RunConfig.from_dict(info["config"])
         self._run_id = run_id = int(info["run_id"])
+        # Names this run's client-side state files (record chain, own ledger) uniquely, even if
+        # another server or database reuses the run id.
+        self._run_tag = run_state_tag(run_id, datetime.fromisoformat(info["created_at"]))
         if not 0 <= options.client_id < self._config.clients:
             raise FederationError(f"run {run_id} has clients 0..{self._config.clients - 1}; got {options.client_id}")
         keys = load_or_create_keys(key_path(options.key_directory, options.client_id), options.client_id)
@@ -333,7 +338,8 @@ class ParticipantProcess:
             from federation.client_runtime import ClientRuntime
 
             options = self.options
-            runtime = ClientRuntime(options.client_id, self._config, self._run_id, Path(options.key_directory))
+            runtime = ClientRuntime(options.client_id, self._config, self._run_id, Path(options.key_directory),
+                                    run_tag=self._run_tag)
             if options.data_file is not None:
                 runtime.learner = _learner_from_file(self._config, options.client_id, Path(options.data_file))
             self._runtime = runtime
