@@ -45,7 +45,8 @@ _CONFIG_FLAGS = {
 }
 
 
-def _config_options(function):
+def config_options(function):
+    """Every RunConfig flag as a click option (shared by `run` and `serve`)."""
     for flag, (key, kind, text) in reversed(_CONFIG_FLAGS.items()):
         function = click.option(f"--{flag}", key, type=kind, default=None, help=text)(function)
     return function
@@ -54,7 +55,7 @@ def _config_options(function):
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML file with any of the settings below (a [run] table or top-level keys); flags override it.")
-@_config_options
+@config_options
 @database_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="fedvault-out", show_default=True,
               envvar="FEDVAULT_OUT", help="Folder for plots and client key files.")

@@ -10,14 +10,14 @@ from pathlib import Path
 import click
 
 from cli.options import database_option
-from cli.run import _config_options
+from cli.run import config_options
 
 
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML file with the run's settings (a [run] table or top-level keys); flags override it. "
                    "Only for a new run: a state directory that already serves a run resumes it.")
-@_config_options
+@config_options
 @database_option
 @click.option("--state-dir", type=click.Path(file_okay=False), default="fedvault-server", show_default=True,
               envvar="FEDVAULT_STATE_DIR", show_envvar=True,

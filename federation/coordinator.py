@@ -10,7 +10,6 @@ entry) in one transaction, then tells those clients their records are stored.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -24,23 +23,20 @@ from federation.config import RunConfig
 from federation.errors import ResumeError
 from federation.keystore import run_state_tag
 from federation.evaluation import GlobalModel
-from federation.privacy_plan import PrivacyPlanner, table_dropout
-from federation.round_plan import RoundPlan, default_step
+from federation.privacy_plan import PrivacyPlanner
+from federation.round_logic import (
+    aggregate_round, checkpoint_due, lattice_step, open_round, public_parameters, secure_sum_bits,
+)
 from federation.workers import ClientFailure, WorkerPool
 from privacy.errors import PrivacyError
-from secagg.codec import check_bits, plan_bits
 from secagg.errors import ProtocolError, RoundAbortedError
-from secagg.graph import default_parameters
-from secagg.modular import centered_lift
 from secagg.server import SecAggServer
-from secagg.simulate import make_config
 from secagg.stages import MASKED_INPUT, STAGES
 from storage.entities import AggregateWrite, CheckpointWrite, LedgerEntryWrite, RoundWrite, SealedRecordWrite
 from storage.repositories import ClientEnrolment, Repository
 from unlearning.history_policy import HistoryPolicy
 from unlearning.secrets import RECORD_FORMAT_VERSION
 
-ROUND_SEED_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -117,14 +113,9 @@ class Coordinator:
                 raise ResumeError(f"initial_parameters must be ({self.dimension},) finite floats")
             self.model.load_flat(initial)
         self.history_policy = HistoryPolicy(self.config.history_max_records)
-        self.step = self.config.step or default_step(self.config.clip_norm, self.dimension, self.config.lattice)
+        self.step = lattice_step(self.config, self.dimension)
         self.privacy = PrivacyPlanner(self.config, self.dimension, self.step)
-        width = (self.config.clip_norm, self.step, self.config.lattice, self.config.clients, self.dimension)
-        if self.config.bits is None:
-            self.bits = plan_bits(*width, noise_std=self.privacy.noise_share.std)
-        else:  # an explicit width must hold the sum (BitWidthError names the knob), never wrap silently
-            check_bits(self.config.bits, *width, noise_std=self.privacy.noise_share.std)
-            self.bits = self.config.bits
+        self.bits = secure_sum_bits(self.config, self.dimension, self.step, self.privacy.noise_share.std)
         if run_id is None:  # every check passed: only now does the run exist in storage
             info = repository.create_run(config.to_dict(), name=name)
             self.run_id = info.id
@@ -226,18 +217,13 @@ class Coordinator:
         clock = time.perf_counter()
         cohort = self._sample_cohort()
         floor = self.privacy.noise_share.floor
-        plan = RoundPlan(round_index=round_index, round_seed=os.urandom(ROUND_SEED_BYTES),
-                         dimension=self.dimension, lattice=self.config.lattice, step=self.step,
-                         bits=self.bits, clip_norm=self.config.clip_norm, noise=self.privacy.noise_share)
         if len(cohort) < max(2, floor):
             return self._abort(round_index, cohort, started, clock, {},
                                f"only {len(cohort)} eligible clients sampled; at least {max(2, floor)} needed")
-        neighbours, threshold = self._graph_parameters(len(cohort))
-        minimum_survivors = min(len(cohort), max(threshold, floor))
-        plan_bytes = plan.to_bytes()
-        round_config = make_config(cohort, self.bits, plan.coordinates(), neighbours_k=neighbours,
-                                   threshold=threshold, round_index=round_index, application_config=plan_bytes,
-                                   minimum_survivors=minimum_survivors)
+        setup = open_round(self.config, round_index=round_index, cohort=cohort, dimension=self.dimension,
+                           step=self.step, bits=self.bits, noise=self.privacy.noise_share)
+        plan, round_config = setup.plan, setup.round_config
+        plan_bytes = round_config.application_config
         server = SecAggServer(round_config, {c: identity_keys[c] for c in cohort})
         parameters = self.model.flat()
         # Who uploads a history record: a subset computed from the public seed (unlearning.history_policy).
@@ -287,14 +273,13 @@ class Coordinator:
             self.privacy.settle(len(survivors))
         except PrivacyError as error:  # fewer noise shares than calibrated: release nothing
             return self._abort(round_index, cohort, started, clock, drops, str(error), charged)
-        codec = plan.codec()
-        total = codec.decode_sum(outcome.sum, plan.round_seed, survivors, self.dimension)
-        mean_update = (total / len(survivors)).astype(np.float32)
+        aggregate = aggregate_round(plan, outcome)
+        mean_update = aggregate.mean_update
         self.model.apply_update(mean_update, self.config.server_learning_rate)
         accuracy, loss = self.model.evaluate()
         weights = {c: 1.0 / len(survivors) for c in survivors}
         checkpoint = None
-        if (round_index + 1) % self.config.checkpoint_every == 0 or round_index + 1 == self.config.rounds:
+        if checkpoint_due(self.config, round_index):
             checkpoint = CheckpointWrite({"flat": self.model.flat()})
         dropped = {stage: sorted(ids) for stage, ids in outcome.dropped.items() if ids}
         # Only survivors' records: a record whose update is not in the sum must not be stored.
@@ -304,9 +289,9 @@ class Coordinator:
         write = RoundWrite(
             round_index=round_index, cohort=cohort, survivors=survivors, started_at=started,
             finished_at=datetime.now(UTC), dropouts=dropped, client_weights=weights,
-            parameters=self._public_parameters(plan, neighbours, threshold),
+            parameters=public_parameters(setup),
             bytes_uploaded=upload,
-            aggregates=(AggregateWrite(centered_lift(outcome.sum, self.bits), kind="lattice_sum"),
+            aggregates=(AggregateWrite(aggregate.lattice_sum, kind="lattice_sum"),
                         AggregateWrite(mean_update, kind="mean_update", name="mean_update")),
             checkpoint=checkpoint, ledger_entries=charged, sealed_records=records,
             audit_details={"accuracy": accuracy, "survivors": len(survivors)},
@@ -318,18 +303,6 @@ class Coordinator:
                             len(survivors), len(cohort) - len(survivors), upload / max(1, len(cohort)),
                             time.perf_counter() - clock,
                             masked_input_bytes_per_client=masked_input / max(1, len(survivors)))
-
-    def _graph_parameters(self, cohort_size: int) -> tuple[int, int]:
-        if self.config.neighbours is not None and self.config.threshold is not None:
-            neighbours = min(self.config.neighbours, cohort_size - 1)
-            return neighbours, min(self.config.threshold, neighbours + 1)
-        return default_parameters(cohort_size, dropout=table_dropout(self.config.dropout_rate))
-
-    def _public_parameters(self, plan: RoundPlan, neighbours: int, threshold: int) -> dict:
-        return {"lattice": plan.lattice, "step": plan.step, "bits": plan.bits, "clip_norm": plan.clip_norm,
-                "noise": plan.noise.mode, "mechanism": plan.noise.mechanism,
-                "noise_parameter": plan.noise.scale, "neighbours": neighbours, "threshold": threshold,
-                "round_seed": plan.round_seed.hex(), "dimension": plan.dimension}
 
     def _abort(self, round_index, cohort, started, clock, drops, reason, charged=()) -> RoundSummary:
         """Record an aborted round (nothing was revealed; charges made before upload stand)."""

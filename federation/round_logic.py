@@ -20,7 +20,7 @@ from federation.config import RunConfig
 from federation.errors import ConfigError, ResumeError
 from federation.privacy_plan import table_dropout
 from federation.round_plan import NoiseShare, RoundPlan, default_step
-from secagg.codec import plan_bits
+from secagg.codec import check_bits, plan_bits
 from secagg.config import RoundConfig
 from secagg.graph import default_parameters
 from secagg.modular import centered_lift
@@ -54,10 +54,14 @@ def lattice_step(config: RunConfig, dimension: int) -> float:
 
 
 def secure_sum_bits(config: RunConfig, dimension: int, step: float, noise_std: float) -> int:
-    """The run's modulus width b: the configured one, else the smallest safe width for
-    ``config.clients`` contributors with per-client noise of standard deviation ``noise_std``."""
-    return config.bits or plan_bits(config.clip_norm, step, config.lattice, config.clients, dimension,
-                                    noise_std=noise_std)
+    """The run's modulus width b: the smallest safe width for ``config.clients`` contributors with
+    per-client noise of standard deviation ``noise_std``, or the configured one once checked to
+    hold the sum (BitWidthError names the knob: a sum never wraps silently)."""
+    width = (config.clip_norm, step, config.lattice, config.clients, dimension)
+    if config.bits is None:
+        return plan_bits(*width, noise_std=noise_std)
+    check_bits(config.bits, *width, noise_std=noise_std)
+    return config.bits
 
 
 def graph_parameters(config: RunConfig, cohort_size: int) -> tuple[int, int]:
