@@ -8,10 +8,10 @@ releases would take it past its budget, saying why.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from federation.keystore import write_private_file
 from privacy.errors import BudgetExceededError
 from privacy.events import ComposedEvent, event_from_json, event_to_json
 from privacy.ledger import BudgetLedger
@@ -50,6 +50,4 @@ class ClientLedger:
         for stream, event in releases:
             self._ledger.charge(self.client_id, round_index, stream, event)
             self._entries.append({"round": round_index, "stream": stream, "event": event_to_json(event)})
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(self._entries))
-        os.replace(temporary, self.path)
+        write_private_file(self.path, json.dumps(self._entries).encode())

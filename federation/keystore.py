@@ -44,14 +44,7 @@ def save_keys(path: Path, keys: ClientKeys) -> None:
         "identity_private_key": keys.identity.private_bytes.hex(),
         "history_secret": keys.history_secret.hex(),
     }).encode()
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(descriptor, payload)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
+    write_private_file(path, payload)
 
 
 def load_keys(path: Path) -> ClientKeys:
@@ -91,3 +84,16 @@ def run_state_tag(run_id: int, created_at: datetime) -> str:
     """Names a run's client-side state files (own ledger, record chain): unique even when two
     databases, or a database deleted and created again, reuse a run id."""
     return f"{run_id}-{created_at:%Y%m%dT%H%M%S%f}"
+
+
+def write_private_file(path: Path, payload: bytes) -> None:
+    """Atomically replace ``path`` with ``payload``, mode 0600, fsync'ed (a crash leaves the old
+    file or the new one, never half of either)."""
+    temporary = path.with_name(path.name + ".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(descriptor, payload)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)

@@ -18,6 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from federation.keystore import write_private_file
 from federation.service.auth import ENROLMENT_KEY_BYTES
 from federation.service.errors import StateDirectoryError
 
@@ -123,13 +124,3 @@ class StateDirectory:
         return f"{self._server_file} (operator_token)"
 
 
-def write_private_file(path: Path, payload: bytes) -> None:
-    """Atomically replace ``path`` with ``payload``, mode 0600, fsync'ed."""
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(descriptor, payload)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
