@@ -181,7 +181,7 @@ class ClientRuntime:
         releases = [("dp-sgd", event) for event in self.learner.privacy_events()]
         noise = plan.noise.mechanism_object()
         if noise is not None:
-            releases.append(("update-ldp" if isinstance(noise, LocalNoise) else "distributed", noise.event()))
+            releases.append((plan.noise.ledger_stream, noise.event()))
         return releases
 
     def handle(self, message: bytes) -> bytes:

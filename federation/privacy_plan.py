@@ -30,8 +30,6 @@ from secagg.codec import CodecConfig, LatticeCodec
 from secagg.graph import default_parameters
 from storage.entities import LedgerEntryWrite
 
-UPDATE_STREAMS = {"distributed": "distributed", "local": "update-ldp"}
-
 
 def noise_floor(config: RunConfig) -> int:
     """Fewest survivors a distributed-noise round accepts (RoundConfig.minimum_survivors).
@@ -106,7 +104,7 @@ class PrivacyPlanner:
         entries = []
         for client_id in clients:
             if self.noise is not None:
-                entry = self._ledger.charge(client_id, round_index, UPDATE_STREAMS[self.config.noise],
+                entry = self._ledger.charge(client_id, round_index, self.noise_share.ledger_stream,
                                             self.round_event())
                 entries.append(LedgerEntryWrite(**dataclasses.asdict(entry)))
             for event in (sample_events or {}).get(client_id, ()):

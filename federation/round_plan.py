@@ -60,6 +60,11 @@ class NoiseShare:
                                 self.l1_sensitivity, self.dimension)
 
     @property
+    def ledger_stream(self) -> str:
+        """The ledger stream this noise's releases are charged to (``privacy.ledger``)."""
+        return "update-ldp" if self.mode == "local" else "distributed"
+
+    @property
     def floor(self) -> int:
         """Fewest inputs a sum may hold for its noise to be as calibrated (1 unless distributed)."""
         return self.min_survivors if self.mode == "distributed" else 1
