@@ -71,7 +71,7 @@ def run(config_file, db, out_dir, resume_run, baseline, plots, as_json, **flags)
     Clients train locally, clip, lattice-encode and noise their updates, and mask them with
     SecAgg+; the server sees only the masked vectors and their sum. Every round is committed to
     the database with its privacy-ledger charges. Defaults: digits, 50 clients, Dirichlet 1.0,
-    logistic regression, 15 rounds, distributed Skellam noise at ε = 8, under a minute on two cores.
+    logistic regression, 15 rounds, distributed Skellam noise at ε = 8, about a minute on two cores.
     """
     from federation.config import RunConfig, load_config_file
     from federation.runner import execute_run

@@ -1,6 +1,6 @@
 """The one typed configuration of a federated run, shared by the CLI, the Python API and the tests.
 
-Defaults give a complete private run that finishes in well under a minute on two cores: digits,
+Defaults give a complete private run that finishes in about a minute on two cores: digits,
 50 clients with Dirichlet(1.0) label skew, logistic regression, 15 rounds of 5 local epochs, Z
 lattice, distributed Skellam noise at ε = 8 (δ = 1e-5) per client over the whole run.
 
