@@ -24,7 +24,13 @@ _CONFIG_FLAGS = {
     "batch-size": ("batch_size", int, "Local mini-batch size."),
     "lr": ("learning_rate", float, "Local learning rate."),
     "server-lr": ("server_learning_rate", float, "Server step size on the mean update."),
-    "trainer": ("trainer", click.Choice(["sgd", "dpsgd"]), "Local trainer: plain SGD or sample-level DP-SGD (Opacus; its ε composes with the update noise's in the ledger, so raise --budget above --epsilon)."),
+    "trainer": ("trainer", click.Choice(["sgd", "dpsgd", "locodl"]),
+                "Local trainer: plain SGD, sample-level DP-SGD (Opacus; its ε composes with the update noise's in "
+                "the ledger, so raise --budget above --epsilon), or LoCoDL (logreg only; local training with "
+                "control variates that converges to the exact optimum, every client in every round)."),
+    "locodl-l2": ("locodl_l2", float, "LoCoDL: λ of the L2 term of the logistic regression (its strong convexity)."),
+    "locodl-smoothness": ("locodl_smoothness", float,
+                          "LoCoDL: public smoothness bound L (default: Böhning's bound on the run's data)."),
     "lattice": ("lattice", click.Choice(["Z", "A2", "D4", "E8"]), "Lattice of the dithered quantizer."),
     "clip": ("clip_norm", float, "L2 clip norm C of each client's update."),
     "step": ("step", float, "Lattice step (default: derived from the clip norm and model size)."),
@@ -47,9 +53,23 @@ _CONFIG_FLAGS = {
 
 def config_options(function):
     """Every RunConfig flag as a click option (shared by `run` and `serve`)."""
+    function = click.option("--history/--no-history", "history", default=None,
+                            help="Clients upload sealed MEDU history records for unlearning (default: on; "
+                                 "off for LoCoDL, whose client state is not a FedAvg update).")(function)
     for flag, (key, kind, text) in reversed(_CONFIG_FLAGS.items()):
         function = click.option(f"--{flag}", key, type=kind, default=None, help=text)(function)
     return function
+
+
+def config_values(config_file: str | None, flags: dict) -> dict:
+    """RunConfig keys from the TOML file, overridden by the flags that were given."""
+    from federation.config import NO_HISTORY_TRAINERS, load_config_file
+
+    values = load_config_file(config_file) if config_file else {}
+    values.update({key: value for key, value in flags.items() if value is not None})
+    if values.get("trainer") in NO_HISTORY_TRAINERS:
+        values.setdefault("history", False)
+    return values
 
 
 @click.command()
@@ -73,12 +93,10 @@ def run(config_file, db, out_dir, resume_run, baseline, plots, as_json, **flags)
     the database with its privacy-ledger charges. Defaults: digits, 50 clients, Dirichlet 1.0,
     logistic regression, 15 rounds, distributed Skellam noise at ε = 8, about a minute on two cores.
     """
-    from federation.config import RunConfig, load_config_file
+    from federation.config import RunConfig
     from federation.runner import execute_run
 
-    values = load_config_file(config_file) if config_file else {}
-    values.update({key: value for key, value in flags.items() if value is not None})
-    config = RunConfig.from_dict(values)
+    config = RunConfig.from_dict(config_values(config_file, flags))
     if resume_run is not None and (config_file or any(v is not None for v in flags.values())):
         raise click.UsageError("--resume takes the stored run's settings; do not combine it with settings")
     report = execute_run(config, db=db, out_dir=Path(out_dir), resume_run=resume_run, baseline=baseline,

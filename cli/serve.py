@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from cli.options import database_option
-from cli.run import config_options
+from cli.run import config_options, config_values
 
 
 @click.command()
@@ -63,7 +63,7 @@ def serve(config_file, db, state_dir, host, port, certfile, keyfile, min_clients
 
     import uvicorn
 
-    from federation.config import RunConfig, load_config_file
+    from federation.config import RunConfig
     from federation.service.app import create_app
     from federation.service.auth import ReplayGuard, enrolment_token
     from federation.service.rounds import RoundManager, ServiceSettings
@@ -79,9 +79,10 @@ def serve(config_file, db, state_dir, host, port, certfile, keyfile, min_clients
     run_id = state.run_id()
     settings_given = config_file is not None or any(value is not None for value in flags.values())
     if run_id is None:
-        values = load_config_file(config_file) if config_file else {}
-        values.update({key: value for key, value in flags.items() if value is not None})
-        config = RunConfig.from_dict(values)
+        config = RunConfig.from_dict(config_values(config_file, flags))
+        if config.trainer not in ("sgd", "dpsgd"):
+            raise click.UsageError(f"the service trains with sgd or dpsgd; run --trainer {config.trainer} "
+                                   "with `fedvault run`")
         run_id = repository.create_run(config.to_dict(), name=name).id
         state.set_run_id(run_id)
         verb = "serving new run"

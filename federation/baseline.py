@@ -11,16 +11,23 @@ import numpy as np
 from federation.config import RunConfig
 from federation.evaluation import GlobalModel
 from federation.learning import LocalLearner
+from federation.workload import Workload
 
 
-def run_float32_fedavg(config: RunConfig) -> list[float]:
-    """Test accuracy after each round (clients sampled with the run's rate; no dropouts)."""
-    model = GlobalModel.for_config(config)
-    learners = [LocalLearner.for_client(config.replace(trainer="sgd"), c) for c in range(config.clients)]
+def run_float32_fedavg(config: RunConfig, workload: Workload | None = None) -> list[float]:
+    """Test accuracy after each round (clients sampled with the run's rate; no dropouts), on the
+    config's named data and model or on a user's ``workload``."""
+    plain = config.replace(trainer="sgd")
+    if workload is not None:
+        model = workload.global_model()
+        learners = [workload.learner(plain, c) for c in range(len(workload.clients))]
+    else:
+        model = GlobalModel.for_config(config)
+        learners = [LocalLearner.for_client(plain, c) for c in range(config.clients)]
     sampling = np.random.default_rng(config.seed)
     accuracies = []
     for _ in range(config.rounds):
-        cohort = [c for c in range(config.clients) if sampling.random() < config.sample_rate]
+        cohort = [c for c in range(len(learners)) if sampling.random() < config.sample_rate]
         if cohort:
             start = model.flat()
             round_seed = os.urandom(32)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from unlearning.chain_file import ChainState, chain_path, load_chain_state, save
 from unlearning.records import RecordChain, build_record
 from unlearning.run_records import run_record_config
 from unlearning.secrets import history_commitment
+
+if TYPE_CHECKING:
+    from federation.workload import Workload
 
 
 class ClientRefusedError(FederationError):
@@ -59,14 +63,16 @@ class ClientFactory:
     run_id: int
     key_directory: str
     run_tag: str | None = None
+    workload: Workload | None = None  # a user's model and data (federation.workload)
 
     def __call__(self, client_id: int) -> ClientRuntime:
-        return ClientRuntime(client_id, self.config, self.run_id, Path(self.key_directory), run_tag=self.run_tag)
+        return ClientRuntime(client_id, self.config, self.run_id, Path(self.key_directory), run_tag=self.run_tag,
+                             workload=self.workload)
 
 
 class ClientRuntime:
     def __init__(self, client_id: int, config: RunConfig, run_id: int, key_directory: Path, *,
-                 run_tag: str | None = None) -> None:
+                 run_tag: str | None = None, workload: Workload | None = None) -> None:
         from federation.backdoor import learner_for  # torch is imported only inside workers
 
         self.client_id = client_id
@@ -74,8 +80,17 @@ class ClientRuntime:
         self.run_id = run_id
         key_file = key_directory / f"client-{client_id}.key"
         self.keys = load_or_create_keys(key_file, client_id)
-        self.learner = learner_for(config, client_id)  # the run's data (poisoned if it plants a backdoor)
         run_tag = run_tag or str(run_id)  # federation.keystore.run_state_tag: unique across databases
+        if config.trainer == "locodl":  # state across rounds, kept next to the keys
+            from federation.evaluation import data_for
+            from federation.locodl_run import LoCoDLLearner, locodl_setup, state_file
+
+            self.learner = LoCoDLLearner(client_id, locodl_setup(config), data_for(config).clients[client_id],
+                                         state_file(key_directory, client_id, run_tag))
+        elif workload is not None:  # the user's own model and data
+            self.learner = workload.learner(config, client_id)
+        else:  # the run's named data and model (poisoned if the run plants a backdoor)
+            self.learner = learner_for(config, client_id)
         self._chain_file = chain_path(key_file, run_tag)
         self._own_ledger = ClientLedger(key_file.with_name(f"client-{client_id}.run-{run_tag}.ledger.json"),
                                         client_id, config.client_budget, config.delta)
@@ -100,25 +115,34 @@ class ClientRuntime:
 
     # --- one round ---------------------------------------------------------------------------
 
-    def prepare(self, plan_bytes: bytes, global_parameters: np.ndarray, record: bool = True) -> TrainReport:
+    def prepare(self, plan_bytes: bytes, global_parameters: np.ndarray, record: bool = True,
+                shared: np.ndarray | None = None) -> TrainReport:
         """Train locally from the global model, then clip, encode, noise and wrap the update.
 
         The integer vector waits for the SecAgg+ masked-input stage; the round's SecAgg+ client is
         created here, so a client that never prepared cannot answer the round's messages. With
         ``record`` (the history policy kept this client this round) and history on, the report
         carries the sealed history record of the contribution; its chain is adopted only when
-        the server confirms it stored it (:meth:`confirm_record`).
+        the server confirms it stored it (:meth:`confirm_record`). LoCoDL's ``shared`` is the
+        server's v (``global_parameters`` its y); its local iterations run even when the client
+        then declines to upload, so its state keeps step with everyone's.
         """
         plan = RoundPlan.from_bytes(plan_bytes)
         if plan.dimension != global_parameters.size:
             raise ClientRefusedError(f"plan dimension {plan.dimension} != model size {global_parameters.size}")
+        stateful = self.learner.keeps_state
+        if stateful:
+            if shared is None:
+                raise ClientRefusedError("a LoCoDL round needs the server's v with the plan")
+            result = self.learner.local_round(plan.round_index, plan.round_seed, global_parameters, shared)
         releases = self._releases(plan)
         try:
             self._own_ledger.check(plan.round_index, releases)  # decline before spending any effort
         except BudgetExceededError as error:
             raise ClientRefusedError(str(error)) from None
         self._round_releases, self._round_index = releases, plan.round_index
-        result = self.learner.train(global_parameters, plan.round_seed)
+        if not stateful:
+            result = self.learner.train(global_parameters, plan.round_seed)
         clipped, _norm = clip_l2(result.update.astype(np.float64), plan.clip_norm)  # the norm stays here
         codec = plan.codec()
         coordinates = codec.encode(clipped, plan.round_seed, self.client_id)
@@ -129,6 +153,9 @@ class ClientRuntime:
             sealed = self._seal_record(plan, codec.decode(contribution, plan.round_seed, self.client_id,
                                                           plan.dimension))
         coordinates += noise
+        if stateful:  # LoCoDL's d_i as the sum will hold it, noise included
+            self.learner.uploaded(plan.round_index, codec.decode(coordinates, plan.round_seed, self.client_id,
+                                                                 plan.dimension))
         self._pending_input = wrap(coordinates, plan.bits)
         self._plan_bytes = bytes(plan_bytes)
         self._secagg = SecAggClient(self.client_id, self.keys.identity, self._identity_directory)
@@ -166,6 +193,13 @@ class ClientRuntime:
         self._chain = confirmed
         save_chain_state(self._chain_file, confirmed)
         return True
+
+    def finish_round(self, round_index: int, mean_sent: np.ndarray, included: bool) -> bool:
+        """LoCoDL: apply the round's d̄ (``included``: this client's d_i is in the sum). Idempotent;
+        False when nothing was pending for that round."""
+        if not self.learner.keeps_state:
+            raise ClientRefusedError("this run's trainer keeps no state across rounds")
+        return self.learner.finish(round_index, mean_sent, included)
 
     @staticmethod
     def _noise(plan: RoundPlan, coordinates: np.ndarray) -> np.ndarray:

@@ -24,9 +24,11 @@ from typing import Any
 from federation.errors import ConfigError
 
 DATASETS = ("digits", "breast_cancer", "mnist5k", "synthetic")
+CUSTOM = "custom"  # dataset and model of a run on a user's federation.workload.Workload
 SPLITS = ("iid", "dirichlet", "shards")
 MODELS = ("logreg", "mlp", "cnn")
-TRAINERS = ("sgd", "dpsgd")
+TRAINERS = ("sgd", "dpsgd", "locodl")
+NO_HISTORY_TRAINERS = ("locodl",)  # trainers whose client state is not a FedAvg update: no MEDU records
 LATTICES = ("Z", "A2", "D4", "E8")
 NOISE_MODES = ("distributed", "local", "none")
 MECHANISMS = ("skellam", "discrete_gaussian")
@@ -66,6 +68,9 @@ class RunConfig:
     delta: float = 1e-5
     budget_epsilon: float | None = None  # per-client budget; None = target_epsilon
     dpsgd_noise_multiplier: float = 1.0
+    # LoCoDL (trainer "locodl", docs/ALGORITHMS.md §5.1): min (1/n)Σ f_i + g over logistic regression
+    locodl_l2: float = 0.01  # λ of the L2 term (strong convexity), half in the f_i, half in g
+    locodl_smoothness: float | None = None  # public bound L; None = Böhning's bound on the run's data
     # sealed history records for unlearning (docs/ALGORITHMS.md §6.4)
     history: bool = True  # clients upload a sealed MEDU record of their contribution each round
     history_bits_per_entry: float = 2.0  # R: record body bits per model parameter
@@ -78,9 +83,11 @@ class RunConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _one_of("dataset", self.dataset, DATASETS)
+        _one_of("dataset", self.dataset, DATASETS + (CUSTOM,))
         _one_of("split", self.split, SPLITS)
-        _one_of("model", self.model, MODELS)
+        _one_of("model", self.model, MODELS + (CUSTOM,))
+        if (self.dataset == CUSTOM) != (self.model == CUSTOM):
+            raise ConfigError("dataset and model are both 'custom' (a user's workload) or both built-in")
         _one_of("trainer", self.trainer, TRAINERS)
         _one_of("lattice", self.lattice, LATTICES)
         _one_of("noise", self.noise, NOISE_MODES)
@@ -106,6 +113,11 @@ class RunConfig:
         _in_open_interval("target_epsilon", self.target_epsilon, 0.0, math.inf)
         _in_open_interval("delta", self.delta, 0.0, 1.0)
         _in_open_interval("dpsgd_noise_multiplier", self.dpsgd_noise_multiplier, 0.0, math.inf)
+        _in_open_interval("locodl_l2", self.locodl_l2, 0.0, math.inf)
+        if self.locodl_smoothness is not None:
+            _in_open_interval("locodl_smoothness", self.locodl_smoothness, 0.0, math.inf)
+        if self.trainer == "locodl":
+            _check_locodl(self)
         if self.step is not None:
             _in_open_interval("step", self.step, 0.0, math.inf)
         if self.budget_epsilon is not None:
@@ -150,6 +162,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise ConfigError(f"config file {path}: [run] must be a table")
     return {key.replace("-", "_"): value for key, value in section.items()}
+
+
+def _check_locodl(config: RunConfig) -> None:
+    """LoCoDL's exactness needs every client in every communication and a convex objective."""
+    if config.model != "logreg":
+        raise ConfigError(f"trainer locodl needs model logreg (a strongly convex objective), got {config.model!r}")
+    if config.sample_rate != 1.0:
+        raise ConfigError("trainer locodl needs sample_rate 1.0: every client takes part in every communication")
+    if config.history:
+        raise ConfigError("trainer locodl keeps no MEDU history records (a client's state is not a FedAvg "
+                          "update): set history = false (`--no-history`)")
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -19,15 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from federation.client_runtime import ClientFactory, TrainReport
-from federation.config import RunConfig
+from federation.config import CUSTOM, RunConfig
 from federation.errors import ResumeError
 from federation.keystore import run_state_tag
+from federation.locodl_run import MEAN_SENT, LoCoDLCoordination
 from federation.evaluation import GlobalModel
 from federation.privacy_plan import PrivacyPlanner
 from federation.round_logic import (
     aggregate_round, checkpoint_due, lattice_step, open_round, public_parameters, secure_sum_bits,
 )
 from federation.workers import ClientFailure, WorkerPool
+from federation.workload import Workload
 from privacy.errors import PrivacyError
 from secagg.errors import ProtocolError, RoundAbortedError
 from secagg.server import SecAggServer
@@ -80,16 +82,18 @@ class Coordinator:
     ``on_round`` is called after each committed round. For retraining without some clients (the
     unlearning oracle): ``exclude_clients`` are never sampled, and a new run may start from
     ``initial_parameters`` ((d,) float32) instead of the seeded initial model (stored exactly as
-    its round -1 checkpoint, so the run resumes from it).
+    its round -1 checkpoint, so the run resumes from it). ``workload`` trains a user's own model
+    and per-client data (:class:`federation.workload.Workload`) instead of the config's named
+    ones; a run made with a workload resumes only with it.
     """
 
     def __init__(self, config: RunConfig, repository: Repository, *, key_directory: Path,
                  run_id: int | None = None, name: str | None = None, exclude_clients: Collection[int] = (),
-                 initial_parameters: np.ndarray | None = None) -> None:
+                 initial_parameters: np.ndarray | None = None, workload: Workload | None = None) -> None:
         self.repository = repository
         self.key_directory = Path(key_directory)
         if run_id is None:
-            self.config = config
+            self.config = workload.bind(config) if workload is not None else config
             self.start_round = 0
         else:
             stored = repository.get_run(run_id)  # StorageError names a missing run
@@ -99,7 +103,15 @@ class Coordinator:
             if stored.status == "completed":
                 raise ResumeError(f"run {run_id} already completed all {self.config.rounds} rounds")
             self.start_round = repository.next_round_index(run_id)
-        self.model = GlobalModel.for_config(self.config)
+            if workload is not None:
+                workload.check_matches(self.config)
+            elif self.config.dataset == CUSTOM:
+                raise ResumeError(f"run {run_id} trains a user's workload: resume it with the same Workload "
+                                  "through the Python API (federation.workload)")
+        self.workload = workload
+        if workload is not None:
+            workload.check_picklable()
+        self.model = workload.global_model() if workload is not None else GlobalModel.for_config(self.config)
         self.dimension = self.model.parameter_count
         self.exclude_clients = frozenset(int(c) for c in exclude_clients)
         if any(not 0 <= c < self.config.clients for c in self.exclude_clients):
@@ -112,12 +124,14 @@ class Coordinator:
             if initial.shape != (self.dimension,) or not np.all(np.isfinite(initial)):
                 raise ResumeError(f"initial_parameters must be ({self.dimension},) finite floats")
             self.model.load_flat(initial)
+        # LoCoDL's server pair (y, v), from the initial model (federation.locodl_run)
+        self.locodl = LoCoDLCoordination(self.config, self.model.flat()) if self.config.trainer == "locodl" else None
         self.history_policy = HistoryPolicy(self.config.history_max_records)
         self.step = lattice_step(self.config, self.dimension)
         self.privacy = PrivacyPlanner(self.config, self.dimension, self.step)
         self.bits = secure_sum_bits(self.config, self.dimension, self.step, self.privacy.noise_share.std)
         if run_id is None:  # every check passed: only now does the run exist in storage
-            info = repository.create_run(config.to_dict(), name=name)
+            info = repository.create_run(self.config.to_dict(), name=name)
             self.run_id = info.id
             self.run_tag = run_state_tag(info.id, info.created_at)
             if initial is not None:
@@ -151,6 +165,12 @@ class Coordinator:
             return
         checkpoint = self.repository.load_checkpoint(self.run_id)
         replay_from = 0
+        if self.locodl is not None:  # every LoCoDL round checkpoints (y, v) exactly: nothing to replay
+            if checkpoint is not None:
+                self.locodl.restore(checkpoint.tensors)
+                self.model.load_flat(self.locodl.model)
+            self.privacy.restore(self.repository.ledger_entries(self.run_id))
+            return
         if checkpoint is not None:
             self.model.load_flat(checkpoint.tensors["flat"])
             replay_from = checkpoint.info.round_index + 1
@@ -168,12 +188,13 @@ class Coordinator:
         summary = RunSummary(self.run_id, self.config, parameters=self.dimension, bits=self.bits,
                              lattice=self.config.lattice, float32_update_bytes=4 * self.dimension)
         self._restore()
-        factory = ClientFactory(self.config, self.run_id, str(self.key_directory), self.run_tag)
+        factory = ClientFactory(self.config, self.run_id, str(self.key_directory), self.run_tag, self.workload)
         self.repository.set_run_status(self.run_id, "running")
         stop = self.config.rounds if max_rounds is None else min(self.config.rounds, self.start_round + max_rounds)
         with WorkerPool(factory, range(self.config.clients), workers=self.config.workers) as pool:
             identity_keys = self._enrol(pool)
             self._reconfirm_records(pool)
+            self._resend_mean_sent(pool)
             for round_index in range(self.start_round, stop):
                 result = self._round(pool, identity_keys, round_index)
                 summary.rounds.append(result)
@@ -194,9 +215,25 @@ class Coordinator:
         kept = self.history_policy.select(last.cohort, bytes.fromhex(last.parameters["round_seed"]), last.round_index)
         pool.call("confirm_record", {c: (last.round_index,) for c in sorted(kept & set(last.survivors))})
 
+    def _resend_mean_sent(self, pool: WorkerPool) -> None:
+        """LoCoDL, after a crash between a round's commit and its d̄ reaching the clients: send
+        the stored d̄ again (clients that applied it already ignore it)."""
+        if self.locodl is None or self.start_round == 0:
+            return
+        last = self.repository.get_round(self.run_id, self.start_round - 1)
+        mean_sent = np.zeros(self.dimension)
+        if last.status == "completed":
+            stored = [a for a in self.repository.iter_aggregates(self.run_id, MEAN_SENT)
+                      if a.round_index == last.round_index]
+            mean_sent = stored[0].values
+        included = set(last.survivors)
+        pool.call("finish_round", {c: (last.round_index, mean_sent, c in included) for c in last.cohort})
+
     def _sample_cohort(self) -> list[int]:
         active = [c.client_id for c in self.repository.list_clients(self.run_id, status="active")
                   if c.client_id not in self.exclude_clients]
+        if self.locodl is not None:  # LoCoDL: everyone iterates every round; the budget decides who uploads
+            return active
         eligible = [c for c in active if self.privacy.can_participate(c)]
         chosen = [c for c in eligible if self._simulation.random() < self.config.sample_rate]
         return chosen
@@ -225,12 +262,15 @@ class Coordinator:
         plan, round_config = setup.plan, setup.round_config
         plan_bytes = round_config.application_config
         server = SecAggServer(round_config, {c: identity_keys[c] for c in cohort})
-        parameters = self.model.flat()
+        parameters, shared = self.model.flat(), ()
+        if self.locodl is not None:
+            parameters, v = self.locodl.begin(plan.round_seed)
+            shared = (v,)
         # Who uploads a history record: a subset computed from the public seed (unlearning.history_policy).
         recorded = self.history_policy.select(cohort, plan.round_seed, round_index) if self.config.history \
             else frozenset()
 
-        reports = pool.call("prepare", {c: (plan_bytes, parameters, c in recorded) for c in cohort})
+        reports = pool.call("prepare", {c: (plan_bytes, parameters, c in recorded, *shared) for c in cohort})
         failed_training = {c for c, r in reports.items() if not isinstance(r, TrainReport)}
         drops = self._dropouts(cohort)
         drops[STAGES[0]] |= failed_training
@@ -266,20 +306,31 @@ class Coordinator:
             reason = str(error)
             if refusals:  # say why clients stayed out (e.g. a budget they would pass)
                 reason += f"; {len(refusals)} clients refused, e.g. {refusals[0].error_type}: {refusals[0].message}"
-            return self._abort(round_index, cohort, started, clock, drops, reason, charged)
+            return self._abort(round_index, cohort, started, clock, drops, reason, charged, pool)
         outcome = server.result
         survivors = sorted(outcome.survivors)
         try:
             self.privacy.settle(len(survivors))
         except PrivacyError as error:  # fewer noise shares than calibrated: release nothing
-            return self._abort(round_index, cohort, started, clock, drops, str(error), charged)
+            return self._abort(round_index, cohort, started, clock, drops, str(error), charged, pool)
         aggregate = aggregate_round(plan, outcome)
-        mean_update = aggregate.mean_update
-        self.model.apply_update(mean_update, self.config.server_learning_rate)
+        extra_aggregates, mean_sent = (), None
+        if self.locodl is not None:  # d̄ = Σ d_i / (2n) over the whole cohort (a missing d_i counts as 0)
+            before = self.model.flat()
+            total = plan.codec().decode_sum(outcome.sum, plan.round_seed, survivors, plan.dimension)
+            mean_sent = self.locodl.finish(total, len(cohort))
+            self.model.load_flat(self.locodl.model)
+            mean_update = self.model.flat() - before
+            extra_aggregates = (self.locodl.mean_sent_aggregate(mean_sent),)
+        else:
+            mean_update = aggregate.mean_update
+            self.model.apply_update(mean_update, self.config.server_learning_rate)
         accuracy, loss = self.model.evaluate()
         weights = {c: 1.0 / len(survivors) for c in survivors}
         checkpoint = None
-        if checkpoint_due(self.config, round_index):
+        if self.locodl is not None:
+            checkpoint = self.locodl.checkpoint()
+        elif checkpoint_due(self.config, round_index):
             checkpoint = CheckpointWrite({"flat": self.model.flat()})
         dropped = {stage: sorted(ids) for stage, ids in outcome.dropped.items() if ids}
         # Only survivors' records: a record whose update is not in the sum must not be stored.
@@ -292,26 +343,38 @@ class Coordinator:
             parameters=public_parameters(setup),
             bytes_uploaded=upload,
             aggregates=(AggregateWrite(aggregate.lattice_sum, kind="lattice_sum"),
-                        AggregateWrite(mean_update, kind="mean_update", name="mean_update")),
+                        AggregateWrite(mean_update, kind="mean_update", name="mean_update"), *extra_aggregates),
             checkpoint=checkpoint, ledger_entries=charged, sealed_records=records,
             audit_details={"accuracy": accuracy, "survivors": len(survivors)},
         )
         self.repository.commit_round(self.run_id, write)
         if records:
             pool.call("confirm_record", {record.client_id: (round_index,) for record in records})
+        if mean_sent is not None:
+            pool.call("finish_round", {c: (round_index, mean_sent, c in outcome.survivors) for c in cohort})
         return RoundSummary(round_index, "completed", accuracy, loss, self.privacy.max_epsilon(), len(cohort),
                             len(survivors), len(cohort) - len(survivors), upload / max(1, len(cohort)),
                             time.perf_counter() - clock,
                             masked_input_bytes_per_client=masked_input / max(1, len(survivors)))
 
-    def _abort(self, round_index, cohort, started, clock, drops, reason, charged=()) -> RoundSummary:
-        """Record an aborted round (nothing was revealed; charges made before upload stand)."""
+    def _abort(self, round_index, cohort, started, clock, drops, reason, charged=(), pool=None) -> RoundSummary:
+        """Record an aborted round (nothing was revealed; charges made before upload stand).
+
+        ``pool``: the clients already ran the round (LoCoDL then takes the step where every d_i
+        is 0, on the server and on every client, and checkpoints it with the round)."""
+        checkpoint = None
+        if self.locodl is not None and pool is not None:
+            mean_sent = self.locodl.finish(None, len(cohort))
+            self.model.load_flat(self.locodl.model)
+            checkpoint = self.locodl.checkpoint()
         if cohort:
             self.repository.commit_round(self.run_id, RoundWrite(
                 round_index=round_index, cohort=cohort, survivors=[], started_at=started,
                 finished_at=datetime.now(UTC), status="aborted", stage="aborted",
                 dropouts={stage: sorted(ids) for stage, ids in drops.items() if ids},
-                ledger_entries=list(charged), audit_details={"reason": reason}))
+                ledger_entries=list(charged), checkpoint=checkpoint, audit_details={"reason": reason}))
+        if checkpoint is not None:
+            pool.call("finish_round", {c: (round_index, mean_sent, False) for c in cohort})
         accuracy, loss = self.model.evaluate()
         return RoundSummary(round_index, "aborted", accuracy, loss, self.privacy.max_epsilon(), len(cohort), 0,
                             len(cohort), 0.0, time.perf_counter() - clock, abort_reason=reason)

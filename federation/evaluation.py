@@ -7,12 +7,15 @@ import functools
 import numpy as np
 import torch
 
-from federation.config import RunConfig
-from federation.datasets import FederatedDataset
+from torch.utils.data import DataLoader
+
+from federation.config import CUSTOM, RunConfig
+from federation.datasets import Examples, FederatedDataset
+from federation.errors import ConfigError
 from federation.models import build_model
 from federation.parameters import flatten_parameters, load_parameters
 from federation.splits import load_federated
-from federation.trainers import evaluate
+from federation.trainers import LossFunction, evaluate
 
 
 @functools.lru_cache(maxsize=4)
@@ -22,6 +25,9 @@ def federated_data(dataset: str, clients: int, split: str, alpha: float, seed: i
 
 
 def data_for(config: RunConfig) -> FederatedDataset:
+    if config.dataset == CUSTOM:
+        raise ConfigError("this run trains a user's workload (dataset 'custom'): pass the same "
+                          "federation.workload.Workload through the Python API")
     return federated_data(config.dataset, config.clients, config.split, config.dirichlet_alpha, config.seed)
 
 
@@ -31,16 +37,17 @@ def model_for(config: RunConfig, data: FederatedDataset) -> torch.nn.Module:
 
 
 class GlobalModel:
-    """θ_t held by the server as a module plus its flat view."""
+    """θ_t held by the server as a module plus its flat view, evaluated on ``test``."""
 
-    def __init__(self, module: torch.nn.Module, data: FederatedDataset) -> None:
+    def __init__(self, module: torch.nn.Module, test: Examples | DataLoader, loss: LossFunction | None = None) -> None:
         self.module = module
-        self.data = data
+        self.test = test
+        self.loss = loss
 
     @classmethod
     def for_config(cls, config: RunConfig) -> GlobalModel:
         data = data_for(config)
-        return cls(model_for(config, data), data)
+        return cls(model_for(config, data), data.test)
 
     @property
     def parameter_count(self) -> int:
@@ -59,5 +66,5 @@ class GlobalModel:
 
     def evaluate(self) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) on the global test set."""
-        result = evaluate(self.module, self.data.test)
+        result = evaluate(self.module, self.test, loss=self.loss)
         return result.accuracy, result.loss

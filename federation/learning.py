@@ -6,22 +6,26 @@ import numpy as np
 
 from federation.config import RunConfig
 from federation.evaluation import data_for, model_for
-from federation.trainers import DPSGDConfig, DPSGDTrainer, LocalTrainer, SGDConfig, SGDTrainer, TrainResult
+from federation.trainers import (
+    DPSGDConfig, DPSGDTrainer, LocalTrainer, LossFunction, SGDConfig, SGDTrainer, TrainResult, num_examples,
+)
 
 
-def trainer_for(config: RunConfig, model) -> LocalTrainer:
-    """The run's local trainer over a copy of ``model``."""
+def trainer_for(config: RunConfig, model, loss: LossFunction | None = None) -> LocalTrainer:
+    """The run's local trainer over a copy of ``model`` (``loss``: default cross-entropy)."""
     if config.trainer == "dpsgd":
         return DPSGDTrainer(model, DPSGDConfig(
             epochs=config.local_epochs, expected_batch_size=config.batch_size,
             learning_rate=config.learning_rate, noise_multiplier=config.dpsgd_noise_multiplier,
-            delta=config.delta))
+            delta=config.delta), loss=loss)
     return SGDTrainer(model, SGDConfig(epochs=config.local_epochs, batch_size=config.batch_size,
-                                       learning_rate=config.learning_rate))
+                                       learning_rate=config.learning_rate), loss=loss)
 
 
 class LocalLearner:
     """Trains client ``client_id``'s shard from a global parameter vector."""
+
+    keeps_state = False  # no state across rounds (LoCoDL's learner keeps some: federation.locodl_run)
 
     def __init__(self, client_id: int, trainer: LocalTrainer, data) -> None:
         self.client_id = client_id
@@ -35,7 +39,7 @@ class LocalLearner:
 
     @property
     def num_samples(self) -> int:
-        return self.data.num_samples
+        return num_examples(self.data)
 
     def privacy_events(self) -> tuple:
         """Sample-level events (DP-SGD) one round of training incurs; empty for plain SGD."""

@@ -116,6 +116,13 @@ class _SharedPair:
             self.y = local_step(self.y, self.v, self._setup.shared_gradient(self.y), gamma)
         self.y_hat = local_step(self.y, self.v, self._setup.shared_gradient(self.y), gamma)
 
+    def load(self, y: np.ndarray, v: np.ndarray) -> None:
+        """Take (y, v) as the server holds them (a client syncs to the server's pair each round)."""
+        y, v = np.asarray(y, dtype=np.float64), np.asarray(v, dtype=np.float64)
+        if y.shape != self.y.shape or v.shape != self.v.shape or not (np.all(np.isfinite(y)) and np.all(np.isfinite(v))):
+            raise AlgorithmError(f"y and v must be finite {self.y.shape} vectors")
+        self.y, self.v, self.y_hat = y.copy(), v.copy(), None
+
     def finish(self, mean_sent: np.ndarray) -> None:
         if self.y_hat is None:
             raise AlgorithmError("finish_round called before local_round")
@@ -153,6 +160,29 @@ class LoCoDLClient:
         loss = self._objective.objective(self._x_hat) - 0.5 * self._setup.l2 * float(self._x_hat @ self._x_hat)
         return TrainResult(self._x_hat - self.shared.y_hat, self.num_samples, loss, steps)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The private state: ``x``, ``u`` and, between ``local_round`` and ``finish_round``, the
+        pending ``x_hat`` and ``y_hat`` (float64 copies)."""
+        state = {"x": self.x.copy(), "u": self.u.copy()}
+        if self._x_hat is not None:
+            state.update(x_hat=self._x_hat.copy(), y_hat=self.shared.y_hat.copy())
+        return state
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state` returned (a restarted client)."""
+        vectors = {name: np.asarray(value, dtype=np.float64) for name, value in state.items()}
+        if not {"x", "u"} <= set(vectors) or ("x_hat" in vectors) != ("y_hat" in vectors):
+            raise AlgorithmError("a LoCoDL client state needs x and u, and x_hat with y_hat or neither")
+        if any(v.shape != self.x.shape or not np.all(np.isfinite(v)) for v in vectors.values()):
+            raise AlgorithmError(f"every LoCoDL state vector must be finite with shape {self.x.shape}")
+        self.x, self.u = vectors["x"].copy(), vectors["u"].copy()
+        self._x_hat = vectors.get("x_hat")
+        self.shared.y_hat = vectors.get("y_hat")
+
+    def sync(self, y: np.ndarray, v: np.ndarray) -> None:
+        """Start the next round from the server's (y, v) instead of the local replica."""
+        self.shared.load(y, v)
+
     def finish_round(self, sent: np.ndarray, mean_sent: np.ndarray) -> None:
         """Apply the communication: ``sent`` is this client's d_i as the server decodes it (its
         own decoded coordinates), ``mean_sent`` is d̄ = (1/(2n))Σ_j d_j from the secure sum."""
@@ -179,6 +209,15 @@ class LoCoDLServer:
     @property
     def model(self) -> np.ndarray:
         return self.shared.y.copy()
+
+    @property
+    def pair(self) -> tuple[np.ndarray, np.ndarray]:
+        """(y, v) copies: what a client needs to start a round."""
+        return self.shared.y.copy(), self.shared.v.copy()
+
+    def restore(self, y: np.ndarray, v: np.ndarray) -> None:
+        """Continue from a stored (y, v) (resume)."""
+        self.shared.load(y, v)
 
     def local_round(self, round_seed: bytes) -> int:
         """Advance (y, v) through the round's K iterations; returns K."""

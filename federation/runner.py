@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from federation.config import RunConfig
 from federation.coordinator import Coordinator, RoundSummary, RunSummary
+from federation.workload import Workload
 from federation.plots import plot_accuracy_and_epsilon, plot_upload_bytes
 from storage.repositories import Repository
 
@@ -30,20 +31,23 @@ def format_round(summary: RoundSummary, total_rounds: int) -> str:
 
 def execute_run(config: RunConfig, *, db: str | None, out_dir: Path, resume_run: int | None = None,
                 baseline: bool = False, plots: bool = True, progress: bool = True,
-                echo: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Run (or resume) a federated run and return its report (what `--json` prints)."""
+                echo: Callable[[str], None] | None = print, workload: Workload | None = None) -> dict[str, Any]:
+    """Run (or resume) a federated run and return its report (what `--json` prints); ``workload``
+    trains a user's own model and per-client data (:mod:`federation.workload`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with Repository.open(db) as repository:
         coordinator = Coordinator(config, repository, key_directory=out_dir / "keys",
-                                  run_id=resume_run)
+                                  run_id=resume_run, workload=workload)
         config = coordinator.config
         remaining = config.rounds - coordinator.start_round
         if echo is not None:
             verb = f"resuming run {coordinator.run_id} at round {coordinator.start_round + 1}" if resume_run \
                 else f"run {coordinator.run_id}"
-            echo(f"fedvault {verb}: {config.dataset}, {config.clients} clients, {config.model} "
+            what = f"{config.dataset}, {config.clients} clients, {config.model}" if workload is None \
+                else f"workload {config.extra['workload']!r}, {config.clients} clients"
+            echo(f"fedvault {verb}: {what} "
                  f"({coordinator.dimension} parameters), {config.lattice} lattice at {coordinator.bits} bits, "
                  f"noise={config.noise}/{config.mechanism} ε≤{config.target_epsilon:g} δ={config.delta:g}")
         bar = tqdm(total=remaining, desc="rounds", unit="round", leave=False,
@@ -63,7 +67,7 @@ def execute_run(config: RunConfig, *, db: str | None, out_dir: Path, resume_run:
     if baseline:
         from federation.baseline import run_float32_fedavg
 
-        baseline_accuracy = run_float32_fedavg(config)[-1]
+        baseline_accuracy = run_float32_fedavg(config, workload)[-1]
     report = _report(summary, history, baseline_accuracy, time.perf_counter() - started)
     if plots:
         report["plots"] = _plots(report, out_dir, config, baseline_accuracy)

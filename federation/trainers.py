@@ -102,6 +102,15 @@ def as_loader(
     raise TrainingError(f"client data must be ClientData or a torch DataLoader, got {type(data).__name__}")
 
 
+def num_examples(data: ClientInput) -> int:
+    """How many training examples ``data`` holds (a DataLoader's dataset must have a length)."""
+    if isinstance(data, DataLoader):
+        return _dataset_size(data)
+    if isinstance(data, Examples):
+        return data.num_samples
+    raise TrainingError(f"client data must be ClientData or a torch DataLoader, got {type(data).__name__}")
+
+
 def _dataset_size(loader: DataLoader) -> int:
     try:
         return len(loader.dataset)  # type: ignore[arg-type]

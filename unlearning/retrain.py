@@ -36,6 +36,7 @@ from federation.config import RunConfig
 from federation.coordinator import Coordinator
 from federation.evaluation import data_for, model_for
 from federation.parameters import load_parameters
+from federation.workload import Workload
 from storage.entities import LedgerEntryWrite
 from storage.repositories import Repository
 from unlearning.deletion import RetrainedModel, current_model
@@ -54,11 +55,13 @@ class CoordinatorTrainer:
     """Trains the remaining clients with ``federation.Coordinator``.
 
     key_directory: the clients' key files (the run's ``--out``/keys). workers: client worker
-    processes (None: the run's setting).
+    processes (None: the run's setting). workload: the user's model and data of a run made with
+    one (``federation.workload.Workload``), None for the run's named dataset and model.
     """
 
     key_directory: Path
     workers: int | None = None
+    workload: Workload | None = None
 
     def _config(self, repository: Repository, run_id: int) -> RunConfig:
         config = RunConfig.from_dict(repository.get_run(run_id).config)
@@ -72,7 +75,8 @@ class CoordinatorTrainer:
             scratch = _temporary_repository(directory)
             try:
                 coordinator = Coordinator(config, scratch, key_directory=Path(self.key_directory),
-                                          exclude_clients=exclude, initial_parameters=initial)
+                                          exclude_clients=exclude, initial_parameters=initial,
+                                          workload=self.workload)
                 # Budgets carry over: the planner starts from what the main ledger charged.
                 coordinator.privacy.restore(repository.ledger_entries(run_id))
                 summary = coordinator.run(max_rounds=rounds)
