@@ -50,6 +50,9 @@ def execute_run(config: RunConfig, *, db: str | None, out_dir: Path, resume_run:
             echo(f"fedvault {verb}: {what} "
                  f"({coordinator.dimension} parameters), {config.lattice} lattice at {coordinator.bits} bits, "
                  f"noise={config.noise}/{config.mechanism} ε≤{config.target_epsilon:g} δ={config.delta:g}")
+            if config.trainer == "locodl" and config.noise != "none":
+                echo("warning: LoCoDL's control variates accumulate DP noise round after round; with few "
+                     "clients the run can diverge (bench/RESULTS.md); without noise it converges linearly to the optimum.")
         bar = tqdm(total=remaining, desc="rounds", unit="round", leave=False,
                    disable=not progress or not sys.stderr.isatty())
 

@@ -157,7 +157,7 @@ def test_a_private_locodl_run_from_the_cli(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["config"]["trainer"] == "locodl" and report["config"]["history"] is False
-    assert report["rounds_committed"] == 3 and report["final_accuracy"] > 0.3  # chance: 0.1; ε = 8 over 8 clients
+    assert report["rounds_committed"] == 3 and report["final_accuracy"] > 0.2  # chance: 0.1; DP noise at ε = 8 over 8 clients
     with Repository.open(str(tmp_path / "p.db")) as repository:
         entries = repository.ledger_entries(report["run_id"])
         survivors = {(r.round_index, c) for r in repository.list_rounds(report["run_id"]) for c in r.survivors}
