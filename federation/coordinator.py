@@ -274,6 +274,8 @@ class Coordinator:
         failed_training = {c for c, r in reports.items() if not isinstance(r, TrainReport)}
         drops = self._dropouts(cohort)
         drops[STAGES[0]] |= failed_training
+        if self.locodl is not None:  # LoCoDL: a client past its budget iterates but does not upload
+            drops[STAGES[0]] |= {c for c in cohort if not self.privacy.can_participate(c)}
         gone: set[int] = set()
         masked_input = 0
         upload = sum(len(r.history_record) for r in reports.values()  # sealed records travel with training

@@ -179,3 +179,18 @@ def test_the_service_refuses_locodl_in_one_line(tmp_path):
     result = CliRunner().invoke(fedvault, ["serve", "--trainer", "locodl", "--db", str(tmp_path / "s.db"),
                                            "--state-dir", str(tmp_path / "state")])
     assert result.exit_code != 0 and "fedvault run" in result.output, result.output
+
+
+def test_clients_past_their_budget_keep_iterating_without_uploading(tmp_path):
+    # The budget covers about a quarter of the calibrated rounds: later rounds lose every upload.
+    config = CONFIG.replace(clients=6, rounds=4, noise="distributed", clip_norm=0.5, step=None,
+                            budget_epsilon=CONFIG.target_epsilon / 2, dropout_rate=0.0)
+    with Repository.open(str(tmp_path / "b.db")) as repository:
+        coordinator = Coordinator(config, repository, key_directory=tmp_path / "keys")
+        summary = coordinator.run()
+        assert len(summary.rounds) == 4 and summary.rounds[0].status == "completed"
+        assert any(r.status == "aborted" for r in summary.rounds), [r.status for r in summary.rounds]
+        entries = repository.ledger_entries(coordinator.run_id)  # nobody was charged past its budget
+        assert entries and max(e.epsilon_after for e in entries) <= config.client_budget
+        _, v = coordinator.locodl.server.pair
+        assert _invariant_residual(coordinator, tmp_path / "keys") < 1e-9 * max(1.0, float(np.abs(v).max()))
