@@ -82,6 +82,9 @@ def serve(config_file, db, state_dir, host, port, certfile, keyfile, min_clients
         values = load_config_file(config_file) if config_file else {}
         values.update({key: value for key, value in flags.items() if value is not None})
         config = RunConfig.from_dict(values)
+        if config.trainer == "fedp3":
+            raise click.UsageError("the HTTP service runs one secure sum per round; trainer fedp3 (one per layer "
+                                   "group) runs with `fedvault run`")
         run_id = repository.create_run(config.to_dict(), name=name).id
         state.set_run_id(run_id)
         verb = "serving new run"

@@ -28,7 +28,7 @@ from privacy.fedp3_groups import POLICIES as FEDP3_POLICIES
 DATASETS = ("digits", "breast_cancer", "mnist5k", "synthetic")
 SPLITS = ("iid", "dirichlet", "shards")
 MODELS = ("logreg", "mlp", "cnn")
-TRAINERS = ("sgd", "dpsgd")
+TRAINERS = ("sgd", "dpsgd", "fedp3")
 LATTICES = ("Z", "A2", "D4", "E8")
 NOISE_MODES = ("distributed", "local", "none")
 MECHANISMS = ("skellam", "discrete_gaussian")
