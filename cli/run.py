@@ -24,13 +24,24 @@ _CONFIG_FLAGS = {
     "batch-size": ("batch_size", int, "Local mini-batch size."),
     "lr": ("learning_rate", float, "Local learning rate."),
     "server-lr": ("server_learning_rate", float, "Server step size on the mean update."),
-    "trainer": ("trainer", click.Choice(["sgd", "dpsgd", "locodl"]),
+    "trainer": ("trainer", click.Choice(["sgd", "dpsgd", "locodl", "fedp3"]),
                 "Local trainer: plain SGD, sample-level DP-SGD (Opacus; its ε composes with the update noise's in "
-                "the ledger, so raise --budget above --epsilon), or LoCoDL (logreg only; local training with "
-                "control variates that converges to the exact optimum, every client in every round)."),
+                "the ledger, so raise --budget above --epsilon), LoCoDL (logreg only; local training with control "
+                "variates that converges to the exact optimum, every client in every round), or LDP-FedP3 "
+                "(pruned models, partial uploads, one secure sum per layer group; mlp or cnn)."),
     "locodl-l2": ("locodl_l2", float, "LoCoDL: λ of the L2 term of the logistic regression (its strong convexity)."),
     "locodl-smoothness": ("locodl_smoothness", float,
                           "LoCoDL: public smoothness bound L (default: Böhning's bound on the run's data)."),
+    "fedp3-policy": ("fedp3_policy", click.Choice(["LowerB", "OPU2", "OPU3", "OPR2"]),
+                     "FedP3: which body layer groups each client owns and uploads besides the head (OPU2: two "
+                     "neighbouring groups; the policy needs that many body groups: mlp has 1, cnn 3)."),
+    "fedp3-weighting": ("fedp3_weighting", click.Choice(["mean", "layers"]),
+                        "FedP3: each group's average over its senders, plain or weighted by the groups a client uploads."),
+    "fedp3-clipping": ("fedp3_clipping", click.Choice(["joint", "per_group"]),
+                       "FedP3: clip a client's uploaded groups to --clip together, or each to clip/√k."),
+    "fedp3-capacity": ("fedp3_capacity", float,
+                       "FedP3: fraction (0, 1] of the model's parameters a client holds; the server magnitude-prunes "
+                       "the weights it does not own to fit (1.0: no pruning)."),
     "lattice": ("lattice", click.Choice(["Z", "A2", "D4", "E8"]), "Lattice of the dithered quantizer."),
     "clip": ("clip_norm", float, "L2 clip norm C of each client's update."),
     "step": ("step", float, "Lattice step (default: derived from the clip norm and model size)."),
@@ -51,11 +62,17 @@ _CONFIG_FLAGS = {
 }
 
 
+# switch name -> (RunConfig key, help): --NAME/--no-NAME
+_CONFIG_SWITCHES = {
+    "history": ("history", "Clients upload a sealed history record each round, so a client can be unlearned "
+                           "later (default on; off for locodl and fedp3, whose uploads are not one FedAvg update)."),
+}
+
+
 def config_options(function):
     """Every RunConfig flag as a click option (shared by `run` and `serve`)."""
-    function = click.option("--history/--no-history", "history", default=None,
-                            help="Clients upload sealed MEDU history records for unlearning (default: on; "
-                                 "off for LoCoDL, whose client state is not a FedAvg update).")(function)
+    for switch, (key, text) in reversed(_CONFIG_SWITCHES.items()):
+        function = click.option(f"--{switch}/--no-{switch}", key, default=None, help=text)(function)
     for flag, (key, kind, text) in reversed(_CONFIG_FLAGS.items()):
         function = click.option(f"--{flag}", key, type=kind, default=None, help=text)(function)
     return function

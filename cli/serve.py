@@ -81,8 +81,8 @@ def serve(config_file, db, state_dir, host, port, certfile, keyfile, min_clients
     if run_id is None:
         config = RunConfig.from_dict(config_values(config_file, flags))
         if config.trainer not in ("sgd", "dpsgd"):
-            raise click.UsageError(f"the service trains with sgd or dpsgd; run --trainer {config.trainer} "
-                                   "with `fedvault run`")
+            raise click.UsageError(f"the HTTP service runs one secure sum per round with sgd or dpsgd; trainer "
+                                   f"{config.trainer} runs with `fedvault run`")
         run_id = repository.create_run(config.to_dict(), name=name).id
         state.set_run_id(run_id)
         verb = "serving new run"

@@ -101,6 +101,7 @@ class ClientRuntime:
         self._secagg: SecAggClient | None = None
         self._plan_bytes: bytes | None = None
         self._pending_input: np.ndarray | None = None
+        self._fedp3_round = None  # federation.fedp3_client.FedP3ClientRound of the current FedP3 round
 
     # --- enrolment ---------------------------------------------------------------------------
 
@@ -240,3 +241,28 @@ class ClientRuntime:
             self._secagg.set_input(self._pending_input)
             self._pending_input = None
         return reply
+
+    # --- FedP3: one secure sum per layer group (federation.fedp3_client) ---------------------
+
+    def prepare_fedp3(self, offer: bytes, start: np.ndarray, keep_masks: dict[str, np.ndarray]) -> TrainReport:
+        """``prepare`` of a FedP3 round: ``offer`` is a ``FedP3Offer``'s bytes, ``start`` the
+        client's pruned global model ((d,) float32), ``keep_masks`` parameter name -> bool mask of
+        its kept entries (only pruned tensors)."""
+        from federation.evaluation import data_for, model_for
+        from federation.fedp3_client import FedP3ClientRound
+        from privacy.fedp3 import layer_groups
+
+        self._fedp3_round = None
+        layout = layer_groups(model_for(self.config, data_for(self.config)))
+        self._fedp3_round, report = FedP3ClientRound.prepare(
+            client_id=self.client_id, learner=self.learner, layout=layout, offer_bytes=offer, start=start,
+            keep_masks=keep_masks, ledger=self._own_ledger, noise=self._noise, identity=self.keys.identity,
+            directory=self._identity_directory)
+        return report
+
+    def handle_groups(self, messages: dict[int, bytes]) -> dict[int, bytes]:
+        """``handle`` of a FedP3 round: this stage's SecAgg+ request of each of the client's layer
+        groups (group -> bytes) in, one reply per group out."""
+        if self._fedp3_round is None:
+            raise ClientRefusedError("no FedP3 round in progress on this client")
+        return self._fedp3_round.handle(messages, self._own_ledger)

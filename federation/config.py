@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from federation.errors import ConfigError
+from privacy.fedp3_aggregation import CLIPPINGS as FEDP3_CLIPPINGS, WEIGHTINGS as FEDP3_WEIGHTINGS
+from privacy.fedp3_groups import POLICIES as FEDP3_POLICIES
 
 DATASETS = ("digits", "breast_cancer", "mnist5k", "synthetic")
 CUSTOM = "custom"  # dataset and model of a run on a user's federation.workload.Workload
 SPLITS = ("iid", "dirichlet", "shards")
 MODELS = ("logreg", "mlp", "cnn")
-TRAINERS = ("sgd", "dpsgd", "locodl")
-NO_HISTORY_TRAINERS = ("locodl",)  # trainers whose client state is not a FedAvg update: no MEDU records
+TRAINERS = ("sgd", "dpsgd", "locodl", "fedp3")
+# trainers whose client uploads are not one FedAvg update: no MEDU records
+NO_HISTORY_TRAINERS = ("locodl", "fedp3")
 LATTICES = ("Z", "A2", "D4", "E8")
 NOISE_MODES = ("distributed", "local", "none")
 MECHANISMS = ("skellam", "discrete_gaussian")
@@ -71,6 +74,11 @@ class RunConfig:
     # LoCoDL (trainer "locodl", docs/ALGORITHMS.md §5.1): min (1/n)Σ f_i + g over logistic regression
     locodl_l2: float = 0.01  # λ of the L2 term (strong convexity), half in the f_i, half in g
     locodl_smoothness: float | None = None  # public bound L; None = Böhning's bound on the run's data
+    # LDP-FedP3 (trainer "fedp3", docs/ALGORITHMS.md §4): one secure sum per layer group
+    fedp3_policy: str = "OPU2"  # which body groups each client owns: LowerB, OPU2, OPU3, OPR2
+    fedp3_weighting: str = "mean"  # per-group average over senders: "mean" or FedP3's "layers"
+    fedp3_clipping: str = "joint"  # the client's uploaded groups clipped to C together or per group
+    fedp3_capacity: float = 1.0  # fraction of the model's parameters a client keeps (1.0: no pruning)
     # sealed history records for unlearning (docs/ALGORITHMS.md §6.4)
     history: bool = True  # clients upload a sealed MEDU record of their contribution each round
     history_bits_per_entry: float = 2.0  # R: record body bits per model parameter
@@ -124,6 +132,12 @@ class RunConfig:
             _in_open_interval("budget_epsilon", self.budget_epsilon, 0.0, math.inf)
         if self.bits is not None and not (2 <= self.bits <= 32):
             raise ConfigError(f"bits must be between 2 and 32, got {self.bits}")
+        _one_of("fedp3_policy", self.fedp3_policy, FEDP3_POLICIES)
+        _one_of("fedp3_weighting", self.fedp3_weighting, FEDP3_WEIGHTINGS)
+        _one_of("fedp3_clipping", self.fedp3_clipping, FEDP3_CLIPPINGS)
+        _in_interval("fedp3_capacity", self.fedp3_capacity, 0.0, 1.0, open_low=True)
+        if self.trainer == "fedp3":
+            _check_fedp3(self)
         if self.threshold is not None and not (2 <= self.threshold <= self.clients):
             raise ConfigError(f"threshold must be between 2 and clients={self.clients}, got {self.threshold}")
         if self.neighbours is not None and not (1 <= self.neighbours <= self.clients - 1):
@@ -173,6 +187,17 @@ def _check_locodl(config: RunConfig) -> None:
     if config.history:
         raise ConfigError("trainer locodl keeps no MEDU history records (a client's state is not a FedAvg "
                           "update): set history = false (`--no-history`)")
+
+
+def _check_fedp3(config: RunConfig) -> None:
+    """What trainer "fedp3" needs of the rest of the run (the model's layer groups are checked
+    against the policy when the model exists: ``federation.fedp3_rounds``)."""
+    if config.model == "logreg":
+        raise ConfigError("trainer fedp3 needs a model with at least one body layer group besides the "
+                          "classifier head; logreg has only the head: use model mlp or cnn")
+    if config.history:
+        raise ConfigError("trainer fedp3 does not upload sealed history records (MEDU) yet: set history "
+                          "to false (fedvault run --no-history)")
 
 
 def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:

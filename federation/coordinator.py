@@ -24,6 +24,7 @@ from federation.errors import ResumeError
 from federation.keystore import run_state_tag
 from federation.locodl_run import MEAN_SENT, LoCoDLCoordination
 from federation.evaluation import GlobalModel
+from federation.fedp3_rounds import FedP3Rounds
 from federation.privacy_plan import PrivacyPlanner
 from federation.round_logic import (
     aggregate_round, checkpoint_due, lattice_step, open_round, public_parameters, secure_sum_bits,
@@ -128,8 +129,10 @@ class Coordinator:
         self.locodl = LoCoDLCoordination(self.config, self.model.flat()) if self.config.trainer == "locodl" else None
         self.history_policy = HistoryPolicy(self.config.history_max_records)
         self.step = lattice_step(self.config, self.dimension)
-        self.privacy = PrivacyPlanner(self.config, self.dimension, self.step)
-        self.bits = secure_sum_bits(self.config, self.dimension, self.step, self.privacy.noise_share.std)
+        self.fedp3 = FedP3Rounds(self.config, self.model, self.step) if self.config.trainer == "fedp3" else None
+        self.privacy = self.fedp3.privacy if self.fedp3 else PrivacyPlanner(self.config, self.dimension, self.step)
+        self.bits = max(self.fedp3.bits.values()) if self.fedp3 else \
+            secure_sum_bits(self.config, self.dimension, self.step, self.privacy.noise_share.std)
         if run_id is None:  # every check passed: only now does the run exist in storage
             info = repository.create_run(self.config.to_dict(), name=name)
             self.run_id = info.id
@@ -250,6 +253,8 @@ class Coordinator:
         return drops
 
     def _round(self, pool: WorkerPool, identity_keys: dict[int, bytes], round_index: int) -> RoundSummary:
+        if self.fedp3 is not None:  # one secure sum per layer group: federation.fedp3_rounds
+            return self.fedp3.run_round(self, pool, identity_keys, round_index)
         started = datetime.now(UTC)
         clock = time.perf_counter()
         cohort = self._sample_cohort()

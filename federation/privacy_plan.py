@@ -31,7 +31,7 @@ from secagg.graph import default_parameters
 from storage.entities import LedgerEntryWrite
 
 
-def noise_floor(config: RunConfig) -> int:
+def noise_floor(config: RunConfig, senders: int | None = None) -> int:
     """Fewest survivors a distributed-noise round accepts (RoundConfig.minimum_survivors).
 
     Each client adds 1/floor of the central noise, so a sum of s >= floor inputs carries s/floor
@@ -40,11 +40,17 @@ def noise_floor(config: RunConfig) -> int:
     of an expected cohort n are Binomial(n, 1 − p); the floor is three standard deviations below
     its mean (a round falls short and aborts, revealing nothing, with probability ~0.1%), and never
     below the SecAgg+ threshold t (``RunConfig.threshold`` if given).
+
+    ``senders``: the inputs a sum expects when it is not the whole expected cohort (a FedP3 layer
+    group's owners); a configured threshold above it is clamped to it, as ``graph_parameters``
+    clamps t for a small sum.
     """
-    expected = max(2, round(config.clients * config.sample_rate))
+    expected = max(2, round(config.clients * config.sample_rate)) if senders is None else max(2, senders)
     rate = config.dropout_rate
     floor = math.floor(expected * (1 - rate) - 3 * math.sqrt(expected * rate * (1 - rate)))
     threshold = config.threshold or default_parameters(expected, dropout=table_dropout(rate))[1]
+    if senders is not None:
+        threshold = min(threshold, expected)
     return max(2, threshold, min(expected, floor))
 
 

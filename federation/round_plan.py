@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from federation.errors import ConfigError
@@ -135,21 +136,27 @@ def _unit_scale(lattice: str) -> float:
     return spec.volume ** (1.0 / spec.dimension)
 
 
-def point_sensitivity(clip_norm: float, step: float, dimension: int, lattice: str, *, local: bool) -> float:
+def point_sensitivity(clip_norm: float, step: float, dimension: int | Sequence[int], lattice: str, *,
+                      local: bool) -> float:
     """L2 sensitivity of one client's coordinates in lattice-point units (deterministic bound).
 
     A client's lattice point is p = Q(x/Δ + d) with ‖x‖ <= C and the dither d, like the rounding
     error, inside the Voronoi cell (norm <= covering radius ρ per block): ‖p‖ <= C/Δ + 2ρ√blocks.
     Removing a client (distributed DP) shifts the sum by p; replacing its input (local DP, same
     dither) shifts it by at most 2C/Δ + 2ρ√blocks.
+
+    ``dimension`` may be a sequence: one release coded as several separately rotated vectors
+    (FedP3's layer groups), clipped to C together; its blocks are those of all the vectors.
     """
     spec = get_lattice(lattice)
-    blocks = math.ceil(padded_dimension(dimension) / spec.dimension)
+    dimensions = (dimension,) if isinstance(dimension, int) else tuple(dimension)
+    blocks = sum(math.ceil(padded_dimension(size) / spec.dimension) for size in dimensions)
     rounding = 2.0 * spec.covering_radius * math.sqrt(blocks)
     return (2.0 if local else 1.0) * clip_norm / step + rounding
 
 
-def coordinate_l2_sensitivity(clip_norm: float, step: float, dimension: int, lattice: str, *, local: bool) -> float:
+def coordinate_l2_sensitivity(clip_norm: float, step: float, dimension: int | Sequence[int], lattice: str, *,
+                              local: bool) -> float:
     """L2 sensitivity of one client's integer coordinates z = p·G⁻¹, the noise's domain.
 
     Integer noise must cover every coordinate vector (noise on a sub-lattice would leave the coset

@@ -84,11 +84,15 @@ class Workload:
         """``config`` for this workload: one client per entry, dataset and model ``"custom"``.
 
         Raises:
-            ConfigError: the config's trainer needs a built-in model (LoCoDL: logreg).
+            ConfigError: the config's trainer needs a built-in model (LoCoDL: logreg; FedP3: the
+                layer groups of mlp or cnn).
         """
         if config.trainer == "locodl":
             raise ConfigError("trainer locodl needs the built-in logreg model (its objective is the convex "
                               "softmax regression); a custom workload trains with sgd or dpsgd")
+        if config.trainer not in ("sgd", "dpsgd"):
+            raise ConfigError(f"trainer {config.trainer} runs on the built-in models; a custom workload trains "
+                              "with sgd or dpsgd")
         extra = {**config.extra, "workload": self.name, "workload_parameters": self.parameter_count}
         return config.replace(clients=len(self.clients), dataset=CUSTOM, model=CUSTOM, extra=extra)
 

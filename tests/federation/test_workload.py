@@ -140,9 +140,11 @@ def test_the_cli_refuses_to_resume_a_workload_run_in_one_line(tmp_path):
     assert "Workload" in result.output and len(result.output.strip().splitlines()) == 1, result.output
 
 
-def test_locodl_needs_the_built_in_convex_model():
+def test_locodl_and_fedp3_need_the_built_in_models():
     with pytest.raises(ConfigError, match="logreg"):
         _workload().bind(RunConfig(trainer="locodl", history=False))
+    with pytest.raises(ConfigError, match="fedp3 runs on the built-in models"):
+        _workload().bind(RunConfig(trainer="fedp3", model="cnn", history=False))
 
 
 def test_the_retrained_oracle_of_a_workload_run_trains_the_same_workload(tmp_path):
