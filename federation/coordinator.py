@@ -27,7 +27,8 @@ from federation.evaluation import GlobalModel
 from federation.fedp3_rounds import FedP3Rounds
 from federation.privacy_plan import PrivacyPlanner
 from federation.round_logic import (
-    aggregate_round, checkpoint_due, lattice_step, open_round, public_parameters, secure_sum_bits,
+    aggregate_round, checkpoint_due, lattice_step, open_round, public_parameters, restore_model,
+    secure_sum_bits,
 )
 from federation.workers import ClientFailure, WorkerPool
 from federation.workload import Workload
@@ -166,20 +167,12 @@ class Coordinator:
         """Rebuild the model and the ledger's running totals from what was committed."""
         if self.start_round == 0:
             return
-        checkpoint = self.repository.load_checkpoint(self.run_id)
-        replay_from = 0
-        if self.locodl is not None:  # every LoCoDL round checkpoints (y, v) exactly: nothing to replay
+        restore_model(self.repository, self.run_id, self.model, self.config.server_learning_rate)
+        if self.locodl is not None:  # every LoCoDL round checkpoints its (y, v) raw
+            checkpoint = self.repository.load_checkpoint(self.run_id)
             if checkpoint is not None:
                 self.locodl.restore(checkpoint.tensors)
                 self.model.load_flat(self.locodl.model)
-            self.privacy.restore(self.repository.ledger_entries(self.run_id))
-            return
-        if checkpoint is not None:
-            self.model.load_flat(checkpoint.tensors["flat"])
-            replay_from = checkpoint.info.round_index + 1
-        for aggregate in self.repository.iter_aggregates(self.run_id, "mean_update"):
-            if aggregate.round_index >= replay_from:
-                self.model.apply_update(aggregate.values, self.config.server_learning_rate)
         self.privacy.restore(self.repository.ledger_entries(self.run_id))
 
     # --- the run -----------------------------------------------------------------------------
