@@ -64,27 +64,51 @@ def _render_verification(payload: dict, oracle) -> list[str]:
 @click.option("--alpha", type=float, default=None, help="Fast-FedUL contraction α [default: 0.07].")
 @click.option("--theta", type=float, default=None, help="Fast-FedUL correction scale θ [default: 1].")
 @click.option("--verify", is_flag=True, default=False,
-              help="Also retrain without the client and compare: test accuracy, accuracy and MIA AUC on "
-                   "the forgotten data, backdoor success, relative distance.")
+              help="Also retrain without the client in a scratch space (the run's own cohorts, nothing of "
+                   "the run written but the verification's audit entry) and compare: test accuracy, accuracy "
+                   "and MIA AUC on the forgotten data, backdoor success, relative distance.")
+@click.option("--cancel", is_flag=True, default=False,
+              help="Cancel the client's open deletion request instead (requested or opened: it fails with the "
+                   "reason 'cancelled'; nothing was applied). A request whose model is stored (unlearned) "
+                   "cannot be cancelled: run the same unlearn command again to finish it.")
+@click.option("--reason", default="by the operator", show_default=True,
+              help="With --cancel: why, stored with the failed request and in the audit log.")
 @click.option("--workers", type=int, default=None, help="Worker processes for retraining/healing [default: the run's].")
 @database_option
 @json_option
-def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, verify, workers, db, as_json):
+def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, verify, cancel, reason, workers, db,
+            as_json):
     """Remove a client's contribution from a run's model and shred its history.
 
     The client signs the request with its enrolled identity key and releases its history secret;
     the server checks both, opens only that client's sealed records, applies the unlearning rule
     streaming over the stored rounds, stores a new model version, shreds the records, refuses the
-    client from then on and writes it all to the audit log. Running the same command again after
-    a crash resumes the request; after success it reports the finished request.
+    client from then on and writes it all to the audit log. An error before the new model is
+    stored fails the request with the reason (nothing applied; ask again). Running the same command
+    again after a crash resumes the request; after success it reports the finished request.
+    --cancel ends an open request that is not to be resumed.
     """
     from federation.keystore import load_keys, run_state_tag
+    from federation.oracle_verification import verification_payload, verify_model_version
+    from federation.retraining import CoordinatorTrainer
     from storage.repositories import Repository
     from unlearning.chain_file import chain_path, delete_chain_state
-    from unlearning.deletion import UnlearningSettings, unlearn_client
+    from unlearning.deletion import UnlearningSettings, cancel_deletion_request, unlearn_client
     from unlearning.requests import sign_deletion_request
-    from unlearning.retrain import CoordinatorTrainer, verification_payload, verify_model_version
     from unlearning.rules import DEFAULT_ALPHA, DEFAULT_THETA
+
+    if cancel:
+        if verify:
+            raise click.UsageError("--cancel and --verify exclude each other")
+        with Repository.open(db) as repository:
+            info = cancel_deletion_request(repository, run_id, client_id, reason=reason)
+        if as_json:
+            click.echo(json.dumps({"request_id": info.id, "run_id": info.run_id, "client_id": info.client_id,
+                                   "state": info.state, "reason": info.reason}, indent=2, sort_keys=True))
+        else:
+            click.echo(f"request {info.id} cancelled: it is failed ({info.reason}); nothing was applied, client "
+                       f"{client_id} stays active and may ask again")
+        return
 
     key_path = Path(key_file) if key_file else Path("fedvault-out") / "keys" / f"client-{client_id}.key"
     keys = load_keys(key_path)

@@ -148,7 +148,7 @@ def test_locodl_and_fedp3_need_the_built_in_models():
 
 
 def test_the_retrained_oracle_of_a_workload_run_trains_the_same_workload(tmp_path):
-    from unlearning.retrain import CoordinatorTrainer
+    from federation.retraining import CoordinatorTrainer
 
     workload = _workload()
     config = CONFIG.replace(noise="none", rounds=2)

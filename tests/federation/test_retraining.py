@@ -14,7 +14,8 @@ from federation.evaluation import GlobalModel, data_for
 from storage import Repository
 from unlearning.deletion import current_model
 from unlearning.deletion_errors import RetrainError
-from unlearning.retrain import CoordinatorTrainer, verify_against_oracle
+from federation.oracle_verification import verify_against_oracle
+from federation.retraining import CoordinatorTrainer
 
 CONFIG = RunConfig(dataset="digits", split="iid", clients=4, rounds=4, model="logreg", noise="none",
                    dropout_rate=0.0, checkpoint_every=1, learning_rate=0.5, workers=1, seed=2,
