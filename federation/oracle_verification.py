@@ -48,13 +48,18 @@ def _tensors(data: Examples | DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(features), torch.cat(labels)
 
 
+def _check_workload(config: RunConfig, workload: Workload | None) -> None:
+    if config.dataset == CUSTOM and workload is None:
+        raise UnlearningInputError("the run trains a user's workload: verify it with the same Workload "
+                                   "(CoordinatorTrainer(..., workload=workload))")
+    if workload is not None:
+        workload.check_matches(config)
+
+
 def _subjects(config: RunConfig, client_id: int, workload: Workload | None):
     """(a fresh model module, test data, the forgotten client's data, its backdoor or None)."""
+    _check_workload(config, workload)
     if config.dataset == CUSTOM:
-        if workload is None:
-            raise UnlearningInputError("the run trains a user's workload: verify it with the same Workload "
-                                       "(CoordinatorTrainer(..., workload=workload))")
-        workload.check_matches(config)
         return (lambda: copy.deepcopy(workload.model)), _tensors(workload.test), \
             _tensors(workload.clients[client_id]), None
     data = data_for(config)
@@ -108,6 +113,7 @@ def verify_model_version(repository: Repository, run_id: int, client_id: int, mo
     if loaded is None or loaded.info.model_version != model_version:
         raise UnlearningInputError(f"model version {model_version} is no longer the newest at round "
                                    f"{info.round_index}; verify the newest one")
+    _check_workload(RunConfig.from_dict(repository.get_run(run_id).config), trainer.workload)
     excluded = {c.client_id for c in repository.list_clients(run_id, status="deleted")} | {client_id}
     oracle = trainer.oracle(repository, run_id, excluded)
     report = verify_against_oracle(repository, run_id, client_id, loaded.tensors["flat"], oracle,
