@@ -49,6 +49,29 @@ def _render_verification(payload: dict, oracle) -> list[str]:
     return lines
 
 
+_SETTINGS = ("method", "alpha", "theta", "heal_rounds")
+
+
+def _request_row(info) -> dict:
+    return {"request_id": info.id, "run_id": info.run_id, "client_id": info.client_id, "state": info.state,
+            "reason": info.reason, "model_version": info.details.get("model_version"),
+            "settings": {key: info.details.get(key) for key in _SETTINGS},
+            "updated_at": info.updated_at.isoformat()}
+
+
+def _render_requests(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["no deletion requests"]
+    lines = []
+    for row in rows:
+        settings = ", ".join(f"{key}={value}" for key, value in row["settings"].items())
+        line = f"request {row['request_id']}: {row['state']} ({settings}; updated {row['updated_at']})"
+        if row["reason"]:
+            line += f": {row['reason']}"
+        lines.append(line)
+    return lines
+
+
 @click.command()
 @click.option("--run", "run_id", type=int, required=True, help="The run to unlearn from.")
 @click.option("--client", "client_id", type=int, required=True, help="The client to remove.")
@@ -71,13 +94,16 @@ def _render_verification(payload: dict, oracle) -> list[str]:
               help="Cancel the client's open deletion request instead (requested or opened: it fails with the "
                    "reason 'cancelled'; nothing was applied). A request whose model is stored (unlearned) "
                    "cannot be cancelled: run the same unlearn command again to finish it.")
+@click.option("--status", "show_status", is_flag=True, default=False,
+              help="Only show the client's deletion requests in this run (state, reason, settings); changes "
+                   "nothing.")
 @click.option("--reason", default="by the operator", show_default=True,
               help="With --cancel: why, stored with the failed request and in the audit log.")
 @click.option("--workers", type=int, default=None, help="Worker processes for retraining/healing [default: the run's].")
 @database_option
 @json_option
-def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, verify, cancel, reason, workers, db,
-            as_json):
+def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, verify, cancel, show_status, reason,
+            workers, db, as_json):
     """Remove a client's contribution from a run's model and shred its history.
 
     The client signs the request with its enrolled identity key and releases its history secret;
@@ -97,9 +123,14 @@ def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, veri
     from unlearning.requests import sign_deletion_request
     from unlearning.rules import DEFAULT_ALPHA, DEFAULT_THETA
 
+    if cancel and show_status or verify and (cancel or show_status):
+        raise click.UsageError("--cancel, --status and --verify exclude each other")
+    if show_status:
+        with Repository.open(db) as repository:
+            rows = [_request_row(info) for info in repository.list_deletion_requests(run_id, client_id)]
+        click.echo(json.dumps(rows, indent=2, sort_keys=True) if as_json else "\n".join(_render_requests(rows)))
+        return
     if cancel:
-        if verify:
-            raise click.UsageError("--cancel and --verify exclude each other")
         with Repository.open(db) as repository:
             info = cancel_deletion_request(repository, run_id, client_id, reason=reason)
         if as_json:

@@ -107,3 +107,38 @@ def test_a_request_signed_with_another_clients_identity_is_refused(trained, tmp_
 def test_healing_is_refused_for_the_retrain_method(trained):
     result = _unlearn(trained, 0, "--method", "retrain", "--heal-rounds", "1")
     assert result.exit_code == 2 and "heal_rounds applies to method 'medu'" in result.output
+
+
+def test_status_and_cancel_end_a_request_that_a_crash_left_open(trained, monkeypatch):
+    import unlearning.deletion as deletion
+    from unlearning.deletion import unlearn_client
+    from unlearning.requests import sign_deletion_request
+
+    run_id, db, keys = trained
+    assert "no deletion requests" in _unlearn(trained, 5, "--status").output
+    refused = _unlearn(trained, 5, "--cancel")
+    assert refused.exit_code == 2 and "has no open deletion request to cancel" in refused.output
+    client = load_keys(keys / "client-5.key")
+    with Repository.open(str(db)) as repository, monkeypatch.context() as patch:
+        patch.setattr(deletion, "_unlearn", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):  # the process dies after opening the records
+            unlearn_client(repository, sign_deletion_request(client.identity, client.history_secret, run_id, 5))
+    shown = _unlearn(trained, 5, "--status")
+    assert shown.exit_code == 0 and ": opened (method=medu" in shown.output
+    other = _unlearn(trained, 5, "--alpha", "0.3")
+    assert other.exit_code == 2 and f"--run {run_id} --client 5 --cancel" in other.output
+    cancelled = _unlearn(trained, 5, "--cancel", "--reason", "other settings wanted")
+    assert cancelled.exit_code == 0, cancelled.output
+    assert "cancelled: it is failed (cancelled: other settings wanted); nothing was applied" in cancelled.output
+    (row,) = json.loads(_unlearn(trained, 5, "--status", "--json").output)
+    assert (row["state"], row["reason"]) == ("failed", "cancelled: other settings wanted")
+    again = _unlearn(trained, 5, "--alpha", "0.3")
+    assert again.exit_code == 0 and "shredded" in again.output
+    states = [row["state"] for row in json.loads(_unlearn(trained, 5, "--status", "--json").output)]
+    assert states == ["failed", "shredded"]
+
+
+def test_cancel_status_and_verify_exclude_each_other(trained):
+    for flags in (("--cancel", "--verify"), ("--status", "--cancel"), ("--status", "--verify")):
+        result = _unlearn(trained, 4, *flags)
+        assert result.exit_code == 2 and "exclude each other" in result.output
