@@ -119,7 +119,9 @@ def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, veri
     from federation.retraining import CoordinatorTrainer
     from storage.repositories import Repository
     from unlearning.chain_file import chain_path, delete_chain_state
+    from cli.main import fedvault_error_types
     from unlearning.deletion import UnlearningSettings, cancel_deletion_request, unlearn_client
+    from unlearning.errors import UnlearningError
     from unlearning.requests import sign_deletion_request
     from unlearning.rules import DEFAULT_ALPHA, DEFAULT_THETA
 
@@ -159,7 +161,16 @@ def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, veri
         if not as_json:
             click.echo("\n".join(_render_outcome(outcome, key_path)))
         if verify:
-            verification, oracle = verify_model_version(repository, run_id, client_id, outcome.model_version, trainer)
+            try:
+                verification, oracle = verify_model_version(repository, run_id, client_id, outcome.model_version,
+                                                            trainer)
+            except fedvault_error_types() as error:
+                if as_json:
+                    click.echo(json.dumps({**report, "verification_error": str(error)}, indent=2, sort_keys=True))
+                raise UnlearningError(
+                    f"request {outcome.request_id} is finished (model version {outcome.model_version}), but its "
+                    f"verification failed: {error}; run the same command again to retry it (the deletion is "
+                    "not repeated)") from error
             report["verification"] = {**verification_payload(verification), "oracle_rounds": oracle.rounds_run,
                                       "oracle_start_round": oracle.start_round, "oracle_seconds": oracle.seconds}
             if not as_json:

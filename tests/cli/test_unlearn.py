@@ -142,3 +142,19 @@ def test_cancel_status_and_verify_exclude_each_other(trained):
     for flags in (("--cancel", "--verify"), ("--status", "--cancel"), ("--status", "--verify")):
         result = _unlearn(trained, 4, *flags)
         assert result.exit_code == 2 and "exclude each other" in result.output
+
+
+def test_a_verification_that_cannot_train_says_the_deletion_is_finished_and_retries_alone(trained, tmp_path):
+    import shutil
+
+    run_id, db, keys = trained
+    partial = tmp_path / "keys"
+    partial.mkdir()
+    for client in range(1, 6):  # client 0's key file is missing: the oracle cannot train it
+        shutil.copy2(keys / f"client-{client}.key", partial / f"client-{client}.key")
+    result = _unlearn(trained, 4, "--verify", key_file=partial / "client-4.key")
+    assert result.exit_code == 2
+    assert "is finished (model version" in result.output and "no key file for client 0" in result.output
+    with Repository.open(str(db)) as repository:
+        assert repository.get_client(run_id, 4).status == "deleted"
+        assert all(e.client_id != 4 for e in repository.audit_entries(run_id, event="unlearning.verified"))

@@ -8,7 +8,9 @@ import os
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from cli.main import fedvault
 from federation.config import RunConfig
 from federation.coordinator import Coordinator
 from federation.keystore import load_keys
@@ -122,6 +124,8 @@ def test_healing_on_a_larger_budget_is_charged_after_the_runs_rounds_and_complet
         assert added and {e.round_index for e in added} == {ROOMY.rounds - 1}
         assert CLIENT not in {e.client_id for e in added}
         assert repository.verify_ledger(1).ok and repository.verify_audit_log(1).ok
+    audit = CliRunner().invoke(fedvault, ["audit", "--db", str(tmp_path / "run.db"), "--run", "1"])
+    assert audit.exit_code == 0, audit.output  # ε recomputes from the ledger, healing rounds included
 
 
 def test_retraining_as_the_deletion_method_on_a_larger_budget_stores_a_charged_model(roomy_template, tmp_path):
