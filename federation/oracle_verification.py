@@ -1,5 +1,5 @@
-"""Verification of an unlearned model against the retrained oracle (ALGORITHMS.md §6.6), for runs
-of the named datasets and models and for runs made with a user's ``Workload``.
+"""Verification of an unlearned model against the retrained oracle (docs/ALGORITHMS.md §6.6), for
+runs of the named datasets and models and for runs made with a user's ``Workload``.
 
 The metrics are :func:`unlearning.verification.verify_unlearning`'s; this module supplies what
 only the running system knows: the run's model architecture, its test set, the forgotten
@@ -73,7 +73,7 @@ def _subjects(config: RunConfig, client_id: int, workload: Workload | None):
 
 def verify_against_oracle(repository: Repository, run_id: int, client_id: int, unlearned: np.ndarray,
                           oracle: RetrainedModel, workload: Workload | None = None) -> VerificationReport:
-    """ALGORITHMS.md §6.6 metrics of the unlearned parameters against the retrained oracle.
+    """docs/ALGORITHMS.md §6.6 metrics of the unlearned parameters against the retrained oracle.
 
     Test accuracy and backdoor success (named datasets with a planted backdoor) on the run's test
     set; accuracy and loss-threshold MIA AUC on the forgotten client's training data against the

@@ -9,12 +9,12 @@ the run's database nor the clients' own state files (ledgers, record chains) are
 scratch run itself.
 
 - **The oracle** (:meth:`CoordinatorTrainer.oracle`, what ``--verify`` compares against;
-  ALGORITHMS.md §6.3): from the last trained model version before the first round any excluded
-  client's update entered (the seeded initial model if none), every later completed round of the
-  run is replayed with *its own* survivors minus the excluded clients
-  (``federation.cohort_replay``). Nothing of it is released or stored: the run's ledger, audit log
-  and model versions are left exactly as they were, and its sums may hold one client fewer than
-  the noise floor (each client still adds the run's calibrated noise share).
+  docs/ALGORITHMS.md §6.3): from the last trained model version before the first round any
+  excluded client's update entered (the seeded initial model if none), every later completed
+  round of the run is replayed with *its own* survivors minus the excluded clients
+  (``federation.cohort_replay``). Nothing of it is released or stored: the run's ledger, rounds
+  and model versions are left exactly as they were, and its sums may hold fewer inputs than the
+  noise floor (each client still adds the run's calibrated noise share).
 - **Retraining** (:meth:`CoordinatorTrainer.retrain`, ``--method retrain``): the same replay, but
   its result becomes the run's model, so it is a release: the scratch planner starts from the
   run's ledger (a client over budget is left out), the floors hold, and the charges are appended
