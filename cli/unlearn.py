@@ -81,9 +81,11 @@ def _render_requests(rows: list[dict]) -> list[str]:
                    "and healing) are read from the same folder.")
 @click.option("--method", type=click.Choice(["medu", "retrain"]), default="medu", show_default=True,
               help="medu: open the client's sealed records and apply the Fast-FedUL/MEDU correction "
-                   "(streaming, O(model) memory); retrain: retrain without the client (exact oracle).")
+                   "(streaming, O(model) memory); retrain: retrain without the client, each round with its "
+                   "own survivors (a new release: charged to the run's ledger, so it fails on spent budgets).")
 @click.option("--heal-rounds", type=int, default=0, show_default=True,
-              help="Federated rounds of the remaining clients after the correction (medu only).")
+              help="Federated rounds of the remaining clients after the correction (medu only; charged to the "
+                   "run's ledger).")
 @click.option("--alpha", type=float, default=None, help="Fast-FedUL contraction α [default: 0.07].")
 @click.option("--theta", type=float, default=None, help="Fast-FedUL correction scale θ [default: 1].")
 @click.option("--verify", is_flag=True, default=False,

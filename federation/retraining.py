@@ -144,7 +144,8 @@ class CoordinatorTrainer:
             finally:
                 scratch.close()
         if completed == 0:
-            raise RetrainError(f"every one of the {rounds} {purpose} rounds aborted ({'; '.join(reasons)}): "
+            shown = "; ".join(reasons[:2]) + (f"; {len(reasons) - 2} more reasons" if len(reasons) > 2 else "")
+            raise RetrainError(f"every one of the {rounds} {purpose} rounds aborted ({shown}): "
                                "too few remaining clients for the run's SecAgg threshold or noise floor, or "
                                "their privacy budgets are spent")
         return _Trained(parameters, completed, charges)
