@@ -87,10 +87,11 @@ def test_verifying_a_dp_deletion_writes_only_its_audit_entry(tight_template, tmp
     repository, keys = _copy(tight_template, tmp_path)
     with repository:
         outcome = unlearn_client(repository, _request(keys))
-        ledger = repository.ledger_entries(1)
+        before, audit = _snapshot(repository, keys), repository.audit_entries(1)
         report, oracle = verify_model_version(repository, 1, CLIENT, outcome.model_version, CoordinatorTrainer(keys))
         assert oracle.rounds_completed == 2 and report.retrained.test_accuracy > 0.2  # chance is 0.1
-        assert repository.ledger_entries(1) == ledger
+        assert _snapshot(repository, keys) == before
+        assert [e.event for e in repository.audit_entries(1)] == [e.event for e in audit] + [VERIFIED_EVENT]
         (entry,) = repository.audit_entries(1, event=VERIFIED_EVENT)
         assert entry.payload["model_version"] == outcome.model_version and repository.verify_audit_log(1).ok
 
