@@ -26,6 +26,9 @@ def _common(function):
                      envvar="FEDVAULT_CAFILE", show_envvar=True,
                      help="CA bundle (PEM) that signed the server's certificate, for a private CA or a "
                           "self-signed server; default: the system's CAs."),
+        click.option("--insecure", is_flag=True, default=False,
+                     help="Allow plain http:// to a host other than this machine (requests, including a "
+                          "deletion request's history secret, then cross the network unencrypted)."),
         click.option("--retry-max-delay", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
                      help="Longest backoff between retries of a failed request, seconds."),
         click.option("--give-up-after", type=click.FloatRange(min=1.0), default=300.0, show_default=True,
@@ -36,13 +39,17 @@ def _common(function):
     return function
 
 
-def _options(server_url, client_id, key_dir, cafile, retry_max_delay, give_up_after, **extra):
+def _options(server_url, client_id, key_dir, cafile, insecure, retry_max_delay, give_up_after, **extra):
+    from federation.errors import FederationError
     from federation.http_client import ClientOptions, RetryPolicy
 
     retry = RetryPolicy(initial_delay=min(0.2, retry_max_delay), max_delay=retry_max_delay,
                         max_elapsed=give_up_after)
-    return ClientOptions(server_url=server_url, client_id=client_id, key_directory=Path(key_dir),
-                         verify=cafile if cafile else True, retry=retry, **extra)
+    try:
+        return ClientOptions(server_url=server_url, client_id=client_id, key_directory=Path(key_dir),
+                             verify=cafile if cafile else True, retry=retry, insecure=insecure, **extra)
+    except FederationError as error:
+        raise click.UsageError(str(error)) from None
 
 
 def _crash_point(_ctx, _param, value):

@@ -20,6 +20,7 @@ counts it as dropped) and joins the next one.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import secrets
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import numpy as np
@@ -251,6 +252,35 @@ def _detail(response: httpx.Response) -> str:
 # --- the participant process -----------------------------------------------------------------
 
 
+def check_transport(server_url: str, *, insecure: bool = False) -> None:
+    """FederationError unless ``server_url`` is https://, or http:// to a loopback host
+    (localhost, 127.0.0.0/8, ::1), or ``insecure`` is set.
+
+    Plain HTTP to another host would hand a network observer every request body, including a
+    deletion request's history secret; only an explicit ``--insecure`` allows it.
+    """
+    parsed = urlsplit(server_url)
+    scheme = parsed.scheme.lower()
+    if scheme == "https":
+        return
+    if scheme != "http":
+        raise FederationError(f"server URL {server_url!r} must start with https:// (or http:// to this machine)")
+    host = (parsed.hostname or "").lower()
+    if insecure or _is_loopback(host):
+        return
+    raise FederationError(f"refusing plain HTTP to {host or server_url!r}: requests (a deletion request carries "
+                          "the history secret) would cross the network unencrypted; use https:// or pass --insecure")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def key_path(key_directory: Path, client_id: int) -> Path:
     """Where client ``client_id``'s key file lives (the path ``ClientRuntime`` loads)."""
     return Path(key_directory) / f"client-{client_id}.key"
@@ -275,6 +305,10 @@ class ClientOptions:
     exit_when_done: bool = True
     crash_at: tuple[int, str] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        check_transport(self.server_url, insecure=self.insecure)
 
 
 @dataclass

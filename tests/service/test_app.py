@@ -270,7 +270,8 @@ def test_a_client_is_unlearned_over_http_with_its_signed_deletion_request(reposi
     drive(manager, fleet, clock)
     app = create_app(manager, server_secrets=state.secrets(), replay_guard=ReplayGuard(), tick_interval=0.01)
     with TestClient(app) as http:
-        options = ClientOptions(server_url="http://testserver", client_id=4, key_directory=tmp_path / "keys")
+        options = ClientOptions(server_url="http://testserver", client_id=4, key_directory=tmp_path / "keys",
+                                insecure=True)
         # Signed by client 4 but naming client 5: refused before anything is opened.
         keys = fleet[4].runtime.keys
         forged = sign_deletion_request(keys.identity, keys.history_secret, run_id, 5).to_bytes()
