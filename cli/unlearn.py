@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -78,7 +79,8 @@ def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, veri
     client from then on and writes it all to the audit log. Running the same command again after
     a crash resumes the request; after success it reports the finished request.
     """
-    from federation.keystore import load_keys, run_state_tag
+    from federation.keystore import KeyFileError, load_keys, run_state_tag
+    from federation.run_secrets import RunSecretDestroyedError, destroy_run_history_secret, run_history_secret
     from storage.repositories import Repository
     from unlearning.chain_file import chain_path, delete_chain_state
     from unlearning.deletion import UnlearningSettings, unlearn_client
@@ -94,12 +96,30 @@ def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, veri
                                   alpha=DEFAULT_ALPHA if alpha is None else alpha,
                                   theta=DEFAULT_THETA if theta is None else theta)
     trainer = CoordinatorTrainer(key_path.parent, workers=workers)
-    request = sign_deletion_request(keys.identity, keys.history_secret, run_id, client_id)
     with Repository.open(db) as repository:
-        outcome = unlearn_client(repository, request, settings=settings, trainer=trainer)
-        # The client forgets its last reconstruction.
         run_tag = run_state_tag(run_id, repository.get_run(run_id).created_at)
+        try:  # this run's history secret only (federation.run_secrets): no other run's records open
+            secret = run_history_secret(key_path, keys, run_id, run_tag, create=False)
+        except RunSecretDestroyedError as error:  # destroyed after an earlier, finished deletion
+            done = [r for r in repository.list_deletion_requests(run_id, client_id) if r.state == "shredded"]
+            if not done:
+                raise click.UsageError(str(error)) from None
+            if as_json:
+                click.echo(json.dumps({"run_id": run_id, "client_id": client_id, "request_id": done[-1].id,
+                                       "already_done": True, "history_secret_destroyed": True}, indent=2))
+            else:
+                click.echo(f"client {client_id} was already unlearned by request {done[-1].id}; its history "
+                           f"secret for run {run_id} was destroyed after the shredding")
+            return
+        except KeyFileError as error:
+            raise click.UsageError(str(error)) from None
+        request = sign_deletion_request(keys.identity, secret, run_id, client_id)
+        outcome = unlearn_client(repository, request, settings=settings, trainer=trainer)
+        # The client forgets its last reconstruction and destroys this run's history secret.
         delete_chain_state(chain_path(key_path, run_tag))
+        if destroy_run_history_secret(key_path, run_tag, when=datetime.now(UTC).isoformat(timespec="seconds")) \
+                and not as_json:
+            click.echo(f"client {client_id}: history secret for run {run_id} destroyed (records shredded)")
         report = dict(outcome.__dict__)
         if not as_json:
             click.echo("\n".join(_render_outcome(outcome, key_path)))

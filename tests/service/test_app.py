@@ -274,7 +274,7 @@ def test_a_client_is_unlearned_over_http_with_its_signed_deletion_request(reposi
                                 insecure=True)
         # Signed by client 4 but naming client 5: refused before anything is opened.
         keys = fleet[4].runtime.keys
-        forged = sign_deletion_request(keys.identity, keys.history_secret, run_id, 5).to_bytes()
+        forged = sign_deletion_request(keys.identity, fleet[4].runtime.history_secret, run_id, 5).to_bytes()
         party = Party(4, run_id)
         party.identity = keys.identity
         response = party.call(http, "POST", "/v1/clients/4/deletion-request", forged)
