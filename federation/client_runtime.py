@@ -138,6 +138,11 @@ class ClientRuntime:
     # --- enrolment ---------------------------------------------------------------------------
 
     @property
+    def authority_pinned(self) -> bool:
+        """Whether this client has an enrolment authority pinned for the run (given now or before)."""
+        return self._pins.pinned
+
+    @property
     def history_secret(self) -> bytes:
         """This run's history secret H_i(run) (``federation.run_secrets``), derived on first use;
         RunSecretDestroyedError once it was destroyed after this client's deletion."""
