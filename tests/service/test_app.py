@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from federation.keystore import run_state_tag
+from federation.run_secrets import RunSecretDestroyedError
 from federation.service.app import create_app
 from federation.service.auth import (
     HEADER_SIGNATURE,
@@ -264,7 +266,8 @@ def test_a_client_is_unlearned_over_http_with_its_signed_deletion_request(reposi
     config = small_config.replace(history=True, checkpoint_every=1, rounds=2)
     run_id = repository.create_run(config.to_dict()).id
     manager = RoundManager(repository, run_id, state, ServiceSettings(min_clients=6, online_window=1e5), clock=clock)
-    fleet = [RuntimeClient(ClientRuntime(c, config, run_id, tmp_path / "keys")) for c in range(6)]
+    tag = run_state_tag(run_id, repository.get_run(run_id).created_at)  # as the networked client names it
+    fleet = [RuntimeClient(ClientRuntime(c, config, run_id, tmp_path / "keys", run_tag=tag)) for c in range(6)]
     for client in fleet:
         client.enrol(manager)
     drive(manager, fleet, clock)
@@ -282,6 +285,10 @@ def test_a_client_is_unlearned_over_http_with_its_signed_deletion_request(reposi
         assert repository.list_deletion_requests(run_id) == []
 
         result = request_deletion(options, timeout=60, http=http)
+        # The server confirmed the shredding: the client destroyed this run's history secret.
+        assert result["history_secret_destroyed"] is True
+        with pytest.raises(RunSecretDestroyedError, match="destroyed"):
+            request_deletion(options, timeout=60, http=http)
     assert result["state"] == "shredded" and result["records_shredded"] == 2
     assert repository.get_client(run_id, 4).status == "deleted"
     assert manager.public_key_of(4) is None
