@@ -337,6 +337,10 @@ class ClientRuntime:
         from privacy.fedp3 import layer_groups
 
         self._fedp3_round = None
+        from federation.fedp3_plan import FedP3Offer
+
+        for plan_bytes in FedP3Offer.from_bytes(offer).plans.values():  # every group's plan, before training
+            self.policy.check_plan(RoundPlan.from_bytes(plan_bytes))
         layout = layer_groups(model_for(self.config, data_for(self.config)))
         self._fedp3_round, report = FedP3ClientRound.prepare(
             client_id=self.client_id, learner=self.learner, layout=layout, offer_bytes=offer, start=start,

@@ -198,3 +198,26 @@ def test_the_authority_key_file_is_private_and_never_overwritten(tmp_path):
 
 def test_pins_live_beside_the_key_file():
     assert pins_path("/keys/client-3.key", "7-x").name == "client-3.run-7-x.directory"
+
+
+def test_the_client_runtime_uses_only_a_directory_its_pinned_authority_signed(tmp_path):
+    from federation.client_runtime import ClientRefusedError, ClientRuntime
+    from federation.config import RunConfig
+
+    config = RunConfig(clients=4, model="logreg", rounds=1)
+    authority = IdentityKey.generate()
+    unpinned = ClientRuntime(0, config, RUN, tmp_path / "other")
+    assert not unpinned.authority_pinned
+    runtime = ClientRuntime(0, config, RUN, tmp_path, authority_fingerprint=fingerprint(authority.public_bytes))
+    assert runtime.authority_pinned
+    keys = {0: runtime.keys.identity.public_bytes, **{c: IdentityKey.generate().public_bytes for c in (1, 2, 3)}}
+    with pytest.raises(ClientRefusedError, match="unsigned directory"):
+        runtime.set_directory(keys)
+    with pytest.raises(ClientRefusedError, match="not by the pinned authority"):
+        runtime.set_directory(sign_directory(IdentityKey.generate(), RUN, 1, keys).to_bytes())
+    assert runtime._identity_directory == {}
+    assert runtime.set_directory(sign_directory(authority, RUN, 1, keys).to_bytes()) == keys
+    assert runtime._identity_directory == keys
+    # A restarted client keeps its pins: another authority's fingerprint is refused.
+    with pytest.raises(DirectoryRefusedError, match="refusing another authority"):
+        ClientRuntime(0, config, RUN, tmp_path, authority_fingerprint=fingerprint(IdentityKey.generate().public_bytes))
