@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from federation.authority import SignedDirectory, fingerprint, sign_directory
+from federation.authority import AuthorityError, SignedDirectory, fingerprint, sign_directory
 from secagg.keys import IdentityKey
 from tests.service.test_app import OPERATOR, Party, enrol, service  # noqa: F401 - the fixture
 
@@ -76,3 +76,19 @@ def test_a_bad_publication_is_refused_and_changes_nothing(service, state, case, 
     assert state.signed_directory() == first
     garbage = http.post("/v1/operator/directory", content=json.dumps({"format": "x"}), headers=AUTH)
     assert garbage.status_code == 400 and "malformed signed directory" in garbage.json()["detail"]
+
+
+def test_a_networked_client_will_not_start_without_an_authority_to_pin(service, tmp_path):  # noqa: F811
+    from federation.errors import FederationError
+    from federation.http_client import ClientOptions, ParticipantProcess
+
+    http, manager, secrets = service
+    base = dict(server_url="http://testserver", client_id=0, key_directory=tmp_path / "keys", insecure=True)
+    with pytest.raises(FederationError, match="no enrolment authority pinned for this run"):
+        ParticipantProcess(ClientOptions(**base), http=http, echo=None).start()
+    authority = fingerprint(IdentityKey.generate().public_bytes)
+    ParticipantProcess(ClientOptions(**base, authority_fingerprint=authority), http=http, echo=None).start()
+    # Restarted without the flag, it still has its pin for the run.
+    ParticipantProcess(ClientOptions(**base), http=http, echo=None).start()
+    with pytest.raises(AuthorityError, match="32 hex digits"):
+        ClientOptions(**base, authority_fingerprint="not-a-fingerprint")
