@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from federation.authority import DirectoryPins, DirectoryRefusedError, SignedDirectory, pins_path
+from federation.authority import DirectoryPins, SignedDirectory, pins_path
 from federation.client_ledger import ClientLedger
 from federation.client_policy import ClientPolicy, PolicyRefusedError
 from federation.config import RunConfig
