@@ -145,3 +145,21 @@ def test_the_runtime_checks_the_rounds_first_request_before_anything_leaves(tmp_
         runtime.check_request(message, good_plan)
     fine = make_config(range(12), 16, 8, neighbours_k=11, threshold=6, application_config=good_plan)
     runtime.check_request(AdvertiseKeysRequest.for_config(fine).to_bytes(), good_plan)
+
+
+@pytest.mark.slow
+def test_the_simulations_clients_enforce_their_policy_through_the_coordinator(tmp_path):
+    from federation.coordinator import Coordinator
+    from storage import Repository
+
+    config = RunConfig(dataset="digits", split="iid", clients=4, rounds=1, model="logreg", noise="none",
+                       dropout_rate=0.0, workers=1, seed=2, history=False)
+    with Repository.open(str(tmp_path / "run.db")) as repository:
+        # The coordinator plans rounds without noise; clients whose own policy requires noise refuse.
+        refused = Coordinator(config, repository, key_directory=tmp_path / "keys",
+                              client_policy=ClientPolicy()).run()
+        (only,) = refused.rounds
+        assert only.status == "aborted" and "allowed_noise_modes" in only.abort_reason
+        # The same run with the clients' default (the run's own config) completes.
+        accepted = Coordinator(config, repository, key_directory=tmp_path / "keys").run()
+        assert [r.status for r in accepted.rounds] == ["completed"]
