@@ -106,6 +106,9 @@ def _policy(policy_file, overrides):
               help="Least σ/Δ₂ of the noise this client adds itself to one upload (a variance floor).")
 @click.option("--max-round-epsilon", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Largest ε (at the policy's δ) one upload may cost, as this client computes it from the plan.")
+@click.option("--max-run-epsilon", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="This client's own ε budget over the whole run (its ledger uses the smaller of this and the "
+                   "run's announced budget).")
 @click.option("--max-clip-norm", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Largest clip norm this client accepts.")
 @click.option("--min-cohort", type=click.IntRange(min=2), default=None, help="Fewest clients a round may sample.")
@@ -130,8 +133,8 @@ def _policy(policy_file, overrides):
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print a JSON summary at the end.")
 def run_client(enrolment_token, data_file, poll_wait, exit_when_done, threads, crash_at, as_json,
                authority_fingerprint, trust_server_directory, policy_file, allowed_noise_modes, allowed_mechanisms,
-               allowed_lattices, min_noise_multiplier, max_round_epsilon, max_clip_norm, min_cohort, min_threshold,
-               min_survivors, **common):
+               allowed_lattices, min_noise_multiplier, max_round_epsilon, max_run_epsilon, max_clip_norm, min_cohort,
+               min_threshold, min_survivors, **common):
     """Enrol (first time), then take part in rounds until the run completes.
 
     Each round is checked against this client's own policy before anything is trained or
@@ -147,7 +150,8 @@ def run_client(enrolment_token, data_file, poll_wait, exit_when_done, threads, c
     policy = _policy(policy_file, dict(
         allowed_noise_modes=allowed_noise_modes, allowed_mechanisms=allowed_mechanisms,
         allowed_lattices=allowed_lattices, min_noise_multiplier=min_noise_multiplier,
-        max_round_epsilon=max_round_epsilon, max_clip_norm=max_clip_norm, min_cohort=min_cohort,
+        max_round_epsilon=max_round_epsilon, max_run_epsilon=max_run_epsilon, max_clip_norm=max_clip_norm,
+        min_cohort=min_cohort,
         min_threshold=min_threshold, min_survivors=min_survivors))
     torch.set_num_threads(threads)
     options = _options(**common, enrolment_token=enrolment_token, data_file=Path(data_file) if data_file else None,

@@ -20,6 +20,8 @@ Knobs (the TOML keys of ``fedvault client run --policy FILE`` are the field name
   event assumes the plan's ``min_survivors`` honest shares, which ``check_round`` ties to the
   round's survivor floor;
 - ``max_clip_norm``: the largest clip norm (model units);
+- ``max_run_epsilon``: the client's own budget over the whole run; its ledger uses the smaller of
+  this and the run's announced budget, so a server announcing a huge budget changes nothing;
 - ``min_cohort``, ``min_threshold``, ``min_threshold_fraction`` (t / k of the neighbour graph),
   ``min_survivors`` (the SecAgg+ round's minimum survivors).
 
@@ -96,6 +98,7 @@ class ClientPolicy:
     max_round_epsilon: float | None = None
     policy_delta: float = 1e-5
     max_clip_norm: float | None = None
+    max_run_epsilon: float | None = None
     min_cohort: int = 3
     min_threshold: int = 2
     min_threshold_fraction: float = 0.5
@@ -112,6 +115,8 @@ class ClientPolicy:
         set_(self, "policy_delta", _number(self.policy_delta, "policy_delta", low=0.0, high=0.5, open_low=True))
         set_(self, "max_clip_norm", _number(self.max_clip_norm, "max_clip_norm", low=0.0, open_low=True,
                                             optional=True))
+        set_(self, "max_run_epsilon", _number(self.max_run_epsilon, "max_run_epsilon", low=0.0, open_low=True,
+                                              optional=True))
         _integer(self.min_cohort, "min_cohort", 2)
         _integer(self.min_threshold, "min_threshold", 1)
         _integer(self.min_survivors, "min_survivors", 1)
@@ -160,6 +165,11 @@ class ClientPolicy:
                    min_threshold=1, min_threshold_fraction=0.0, min_survivors=1)
 
     # --- checks ------------------------------------------------------------------------------
+
+    def run_budget(self, announced: float) -> float:
+        """The ε budget this client's own ledger enforces: the run's announced one, lowered to
+        ``max_run_epsilon`` if the policy sets it."""
+        return announced if self.max_run_epsilon is None else min(announced, self.max_run_epsilon)
 
     def check_plan(self, plan: RoundPlan) -> None:
         """PolicyRefusedError (naming the knob) unless ``plan`` meets the policy."""

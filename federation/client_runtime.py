@@ -124,8 +124,9 @@ class ClientRuntime:
         else:  # the run's named data and model (poisoned if the run plants a backdoor)
             self.learner = learner_for(config, client_id)
         self._chain_file = chain_path(key_file, run_tag)
+        # The run's budget comes from the server's config; the client's policy may only lower it.
         self._own_ledger = ClientLedger(key_file.with_name(f"client-{client_id}.run-{run_tag}.ledger.json"),
-                                        client_id, config.client_budget, config.delta)
+                                        client_id, self.policy.run_budget(config.client_budget), config.delta)
         self._round_releases: list[tuple[str, object]] = []
         self._round_index: int | None = None
         self._chain: ChainState | None = None

@@ -163,3 +163,20 @@ def test_the_simulations_clients_enforce_their_policy_through_the_coordinator(tm
         # The same run with the clients' default (the run's own config) completes.
         accepted = Coordinator(config, repository, key_directory=tmp_path / "keys").run()
         assert [r.status for r in accepted.rounds] == ["completed"]
+
+
+def test_a_server_announcing_a_huge_budget_cannot_raise_the_clients_own(tmp_path):
+    from federation.client_runtime import ClientRefusedError
+
+    # The server's config says ε = 1e6 over the run; the client's policy caps it at 0.5.
+    config = RunConfig(clients=4, model="logreg", rounds=2, target_epsilon=1e6, noise="distributed")
+    model = GlobalModel.for_config(config)
+    step = default_step(config.clip_norm, model.parameter_count, config.lattice)
+    noise = DistributedNoise("skellam", 1.0, 2, 0, 50.0, 500.0, 1024)  # far too little noise for ε ≤ 0.5
+    weak = RoundPlan(0, os.urandom(32), model.parameter_count, config.lattice, step, 20, config.clip_norm,
+                     NoiseShare.of(noise)).to_bytes()
+    ClientRuntime(0, config, run_id=1, key_directory=tmp_path / "a", policy=PERMISSIVE).prepare(weak, model.flat())
+    capped = ClientRuntime(0, config, run_id=1, key_directory=tmp_path / "b", policy=PERMISSIVE.replace(
+        max_run_epsilon=0.5))
+    with pytest.raises(ClientRefusedError, match="budget 0.5"):
+        capped.prepare(weak, model.flat())
