@@ -34,14 +34,14 @@ from federation.client_policy import ClientPolicy, PolicyRefusedError
 from federation.config import RunConfig
 from federation.errors import FederationError
 from federation.keystore import load_or_create_keys
-from federation.run_secrets import RunSecretDestroyedError, run_history_secret
 from federation.round_plan import RoundPlan
+from federation.run_secrets import RunSecretDestroyedError, run_history_secret
 from privacy.clipping import clip_l2
 from privacy.errors import BudgetExceededError
 from privacy.mechanisms import LocalNoise, release_distributed_share, release_local
 from secagg.client import SecAggClient
-from secagg.modular import wrap
 from secagg.errors import MalformedMessageError
+from secagg.modular import wrap
 from secagg.stages import MASKED_INPUT
 from secagg.wire import AdvertiseKeysRequest, decode_message
 from unlearning.chain_file import ChainState, chain_path, load_chain_state, save_chain_state
