@@ -97,7 +97,8 @@ def _policy(policy_file, overrides):
                    "flags below override it; defaults: noise required, t >= k/2, cohort >= 3, survivors >= 2.")
 @click.option("--allow-noise-mode", "allowed_noise_modes", multiple=True,
               type=click.Choice(["local", "distributed", "none"]),
-              help="A noise mode this client accepts (repeat; default local and distributed, never none).")
+              help="A noise mode this client accepts (repeat; default: local and distributed; name none to "
+                   "accept rounds without noise).")
 @click.option("--allow-mechanism", "allowed_mechanisms", multiple=True,
               type=click.Choice(["skellam", "discrete_gaussian"]), help="A noise mechanism this client accepts (repeat).")
 @click.option("--allow-lattice", "allowed_lattices", multiple=True, type=click.Choice(["Z", "A2", "D4", "E8"]),
