@@ -2,12 +2,14 @@
 files, with and without verification against retraining."""
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from cli.main import fedvault
-from federation.keystore import ClientKeys, load_keys, save_keys
+from federation.keystore import ClientKeys, load_keys, run_state_tag, save_keys
+from federation.run_secrets import run_secret_path
 from storage.repositories import Repository
 
 pytestmark = pytest.mark.slow
@@ -95,6 +97,9 @@ def test_a_request_signed_with_another_clients_identity_is_refused(trained, tmp_
     thief = load_keys(keys / "client-0.key")
     forged = tmp_path / "client-3.key"
     save_keys(forged, ClientKeys(3, thief.identity, thief.history_secret))
+    with Repository.open(str(db)) as repository:  # and client 0's history secret of this run
+        tag = run_state_tag(run_id, repository.get_run(run_id).created_at)
+    shutil.copy(run_secret_path(keys / "client-0.key", tag), run_secret_path(forged, tag))
     with Repository.open(str(db)) as repository:
         before = repository.audit_head(run_id)
     result = _unlearn(trained, 3, key_file=forged)
