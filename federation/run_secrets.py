@@ -21,12 +21,14 @@ import json
 import os
 from pathlib import Path
 
-from federation.keystore import ClientKeys, KeyFileError, create_private_file, read_private_file, write_private_file
+from federation.keystore import (ClientKeys, KeyFileError, create_private_file, read_private_file, run_state_tag,
+                                 write_private_file)
 from unlearning.secrets import RUN_NONCE_BYTES, derive_run_history_secret
 
 _FORMAT_VERSION = 1
 
-__all__ = ["RunSecretDestroyedError", "destroy_run_history_secret", "run_history_secret", "run_secret_path"]
+__all__ = ["RunSecretDestroyedError", "destroy_run_history_secret", "run_history_secret", "run_secret_path",
+           "stored_run_history_secret"]
 
 
 class RunSecretDestroyedError(KeyFileError):
@@ -94,3 +96,11 @@ def _decode(path: Path) -> dict:
         return values
     except ValueError as error:
         raise KeyFileError(f"{path} is malformed: {error}") from None
+
+
+def stored_run_history_secret(key_file: str | os.PathLike[str], keys: ClientKeys, repository, run_id: int) -> bytes:
+    """H_i(run) of a run stored in ``repository`` (its tag from the run's id and creation time), for a
+    client that enrolled in it; ``KeyFileError`` if it never did, ``RunSecretDestroyedError`` after
+    its deletion."""
+    return run_history_secret(key_file, keys, run_id, run_state_tag(run_id, repository.get_run(run_id).created_at),
+                              create=False)
