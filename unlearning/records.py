@@ -83,6 +83,7 @@ _DITHER_INFO = b"fedvault/history-record/dither"
 _GRID_UNITY = 192
 _GRID_TOP = 208
 _GRID_PER_OCTAVE = 8
+_MODEL_QUANTILES = 64  # points of the rate model that guides the step search
 # Float slack of the honest reconstruction in the norm check (relative).
 _NORM_RTOL = 1e-9
 # Code widths aligned to bytes (several codes per byte below 8 bits): zstd's literal coder works
@@ -154,8 +155,7 @@ class RecordConfig:
         if self.body_bytes > 2**32 - 1:
             raise UnlearningConfigurationError("the record body exceeds 4 GiB; lower bits_per_entry")
         # The empty record (nothing kept) must fit, so that every update can be recorded.
-        empty = len(_pack_stream(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), None,
-                                 self.dimension, self.compression_level))
+        empty = len(_pack_stream(b"", np.zeros(0, dtype=np.int64), None, _compressor(self.compression_level)))
         if empty > self.body_bytes:
             raise UnlearningConfigurationError(
                 f"bits_per_entry={self.bits_per_entry} gives a {self.body_bytes}-byte body, less than the "
@@ -308,23 +308,31 @@ def _code_points(lattice: Lattice, codes: np.ndarray, cosets: np.ndarray | None)
     return points
 
 
-def _pack_stream(support: np.ndarray, codes: np.ndarray, cosets: np.ndarray | None, dimension: int,
-                 level: int) -> bytes:
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """One Zstandard context for all the trial encodings of a record (not shared across threads)."""
+    return zstandard.ZstdCompressor(level=level, write_checksum=False, write_content_size=True)
+
+
+def _support_bitmap(support: np.ndarray, dimension: int) -> bytes:
+    """The packed support bitmap, or nothing when no or every coordinate is kept."""
+    if not 0 < support.shape[0] < dimension:
+        return b""
+    bitmap = np.zeros(dimension, dtype=np.uint32)
+    bitmap[support] = 1
+    return pack_bits(bitmap, 1)
+
+
+def _pack_stream(bitmap: bytes, codes: np.ndarray, cosets: np.ndarray | None,
+                 compressor: zstandard.ZstdCompressor) -> bytes:
     zigzag = _zigzag(codes)
     largest = int(zigzag.max()) if zigzag.size else 0
     width = next((w for w in _CODE_WIDTHS if largest < 1 << w), None)
     if width is None:
         raise RecordBudgetError("a lattice code exceeds 32 bits; the update's range is too wide")
-    parts = [bytes([width])]
-    if 0 < support.shape[0] < dimension:
-        bitmap = np.zeros(dimension, dtype=np.uint32)
-        bitmap[support] = 1
-        parts.append(pack_bits(bitmap, 1))
-    parts.append(pack_bits(zigzag.astype(np.uint32), width))
+    parts = [bytes([width]), bitmap, pack_bits(zigzag.astype(np.uint32), width)]
     if cosets is not None:
         parts.append(pack_bits(cosets.astype(np.uint32), 1))
-    return zstandard.ZstdCompressor(level=level, write_checksum=False,
-                                   write_content_size=True).compress(b"".join(parts))
+    return compressor.compress(b"".join(parts))
 
 
 def _unpack_stream(blob: bytes, dimension: int, kept: int, lattice: Lattice
@@ -401,15 +409,26 @@ def _check_parent(parent_round: object) -> int | None:
 
 
 class _Trial:
-    """Encodes the top-k support at grid steps, caching each result (one dither per record)."""
+    """The top-k support of one record, encoded at grid steps on demand (each result cached).
+
+    The dither depends only on how many entries are kept, so it is drawn once per trial (from
+    the record's seed, as ``DitheredQuantizer.decode`` regenerates it) and every step reuses it;
+    so do the support bitmap and the Zstandard context.
+    """
 
     def __init__(self, config: RecordConfig, lattice: Lattice, seed: bytes, delta: np.ndarray,
-                 support: np.ndarray) -> None:
-        self.config, self.lattice, self.seed = config, lattice, seed
+                 support: np.ndarray, compressor: zstandard.ZstdCompressor) -> None:
+        self.config, self.lattice, self.compressor = config, lattice, compressor
         self.support = support
         self.values = delta[support]
         self.largest = float(np.max(np.abs(self.values))) if self.values.size else 0.0
-        self.results: dict[int, bytes | None] = {}
+        n = lattice.dimension
+        blocks = -(-self.values.shape[0] // n)
+        self.padded = np.zeros((blocks, n))
+        self.padded.reshape(-1)[: self.values.shape[0]] = self.values
+        self.dither = DitheredQuantizer(lattice, 1.0).dither(seed, _DITHER_INFO, blocks) if blocks else None
+        self.bitmap = _support_bitmap(support, config.dimension)
+        self.results: dict[int, bytes] = {}
 
     def step(self, j: int) -> float:
         if self.largest == 0.0:
@@ -418,29 +437,77 @@ class _Trial:
 
     def blob(self, j: int) -> bytes | None:
         """The entropy-coded stream at grid step j, or None when it exceeds the body budget."""
+        stream = self.stream(j)
+        return stream if len(stream) <= self.config.body_bytes else None
+
+    def stream(self, j: int) -> bytes:
+        """The entropy-coded stream at grid step j, whatever its length."""
         if j not in self.results:
-            lattice, kept = self.lattice, self.values.shape[0]
             codes, cosets = np.zeros(0, dtype=np.int64), None
-            if kept:
-                quantizer = DitheredQuantizer(lattice, self.step(j))
-                z = quantizer.encode(self.values, self.seed, _DITHER_INFO)
-                codes, cosets = _point_codes(lattice, lattice.from_coordinates(z.reshape(-1, lattice.dimension)))
-            blob = _pack_stream(self.support, codes, cosets, self.config.dimension,
-                                self.config.compression_level)
-            self.results[j] = blob if len(blob) <= self.config.body_bytes else None
+            if self.dither is not None:
+                # DitheredQuantizer.encode, with the dither drawn once: Q(x/s + d), x/s as x·(1/s).
+                points = self.lattice.nearest_point(self.padded * (1.0 / self.step(j)) + self.dither)
+                codes, cosets = _point_codes(self.lattice, points)
+            self.results[j] = _pack_stream(self.bitmap, codes, cosets, self.compressor)
         return self.results[j]
 
+    def _rate_model(self) -> np.ndarray:
+        """Modelled stream bytes at every grid step, up to an affine map: Σ log2(1 + 4|v|/s_j) / 8,
+        the rate of a dithered quantizer of step s (about log2(|v|/s) + 2 bits for |v| >> s, a
+        vanishing fraction of a bit for |v| << s), summed over 64 quantiles of |v|. Decreasing
+        in j."""
+        quantiles = np.quantile(np.abs(self.values), (np.arange(_MODEL_QUANTILES) + 0.5) / _MODEL_QUANTILES)
+        steps = self.largest * 2.0 ** ((np.arange(_GRID_TOP + 1) - _GRID_UNITY) / _GRID_PER_OCTAVE)
+        rates = np.log2(1.0 + 4.0 * quantiles[None, :] / steps[:, None]).sum(axis=1)
+        return rates * (self.values.shape[0] / _MODEL_QUANTILES / 8.0)
+
+    def _predict(self, low: int, high: int, model: np.ndarray, points: list[tuple[int, int]]) -> int:
+        """The grid index in (low, high) where the line through two measured (index, size) points,
+        in model coordinates, crosses the budget."""
+        (j0, s0), (j1, s1) = points
+        m0, m1 = model[j0], model[j1]
+        slope = (s1 - s0) / (m1 - m0) if m1 != m0 else 0.0
+        if not slope > 0.0:
+            return (low + high) // 2
+        target = m0 + (self.config.body_bytes - s0) / slope  # the model value whose size is the budget
+        # The model falls as j grows: the first index at or below the target.
+        crossing = int(np.searchsorted(-model, -target, side="left"))
+        return min(max(crossing, low + 1), high - 1)
+
     def finest_fitting(self) -> int | None:
-        """The smallest grid index whose stream fits (bisection; the size falls as the step grows)."""
-        if self.blob(_GRID_TOP) is None:
+        """The smallest grid index whose stream fits (the size falls as the step grows).
+
+        A bracketing search like bisection (invariant: ``high`` fits, ``low`` does not or is below
+        the grid), but each probe is placed where the rate model, fitted to the sizes measured so
+        far, predicts the budget is crossed; a probe that does not halve the bracket is followed by
+        a bisection step, so at most about twice bisection's probes are made. Only the number of
+        probes depends on the model: the answer is decided by real encodings.
+        """
+        top = self.blob(_GRID_TOP)
+        if top is None:
             return None
-        low, high = -1, _GRID_TOP  # invariant: high fits; low does not (or is below the grid)
+        low, high = -1, _GRID_TOP
+        if self.largest == 0.0:
+            return high
+        model = self._rate_model()
+        measured = [(_GRID_TOP, len(top))]
+        bisect = False
         while high - low > 1:
-            middle = (low + high) // 2
-            if self.blob(middle) is None:
-                low = middle
+            if bisect or len(measured) < 2 and model[_GRID_TOP] == model[0]:
+                probe = (low + high) // 2
+            elif len(measured) < 2:  # one size known: assume a byte of model is a byte of stream
+                probe = self._predict(low, high, model, [measured[0], (0, len(top) + model[0] - model[_GRID_TOP])])
+            else:  # the two measurements nearest to the bracket
+                near = sorted(measured, key=lambda point: min(abs(point[0] - low), abs(point[0] - high)))
+                probe = self._predict(low, high, model, near[:2])
+            width = high - low
+            size = len(self.stream(probe))
+            measured.append((probe, size))
+            if size > self.config.body_bytes:
+                low = probe
             else:
-                high = middle
+                high = probe
+            bisect = not bisect and 2 * (high - low) > width
         return high
 
 
@@ -474,12 +541,13 @@ def encode_record_plaintext(update: np.ndarray, *, reference: np.ndarray | None,
     dropped_energy = np.concatenate([np.cumsum(sorted_squares[::-1])[::-1], [0.0]])
     per_coordinate_moment = lattice.second_moment_per_coordinate
 
+    compressor = _compressor(config.compression_level)
     best: tuple[float, _Trial, int] | None = None
     kept = min(config.kept_entries, candidates)
     while True:
         if best is not None and dropped_energy[kept] >= best[0]:
             break  # fewer kept entries can only drop more than the best total error already is
-        trial = _Trial(config, lattice, seed, delta, np.sort(order[:kept]))
+        trial = _Trial(config, lattice, seed, delta, np.sort(order[:kept]), compressor)
         index = trial.finest_fitting()
         if index is not None:
             error = dropped_energy[kept] + kept * trial.step(index) ** 2 * per_coordinate_moment
