@@ -84,6 +84,7 @@ _GRID_UNITY = 192
 _GRID_TOP = 208
 _GRID_PER_OCTAVE = 8
 _MODEL_QUANTILES = 64  # points of the rate model that guides the step search
+_MODEL_PROBES = 6  # model-placed probes of one search before it bisects
 # Float slack of the honest reconstruction in the norm check (relative).
 _NORM_RTOL = 1e-9
 # Code widths aligned to bytes (several codes per byte below 8 bits): zstd's literal coder works
@@ -107,7 +108,11 @@ class RecordConfig:
     threshold: changes |δ_j| <= threshold are never stored (update units).
     keyframe_interval: a record without a parent every this many records of a client (1: all
         key frames, no differential coding); bounds how much one lost record breaks.
-    compression_level: Zstandard level of the entropy coder (1..22).
+    compression_level: Zstandard level of the entropy coder (1..22). Only the encoder uses it (any
+        level decodes). The default 5 is about 3× cheaper per record than 19 at the same quality:
+        on real digits updates (d = 650 and 4,810, R = 0.5) the records' mean relative squared
+        error differed by < 0.2% between levels 3 and 19, while sealing took 2.8 ms instead of
+        8.6 ms (d = 4,810); the step search encodes each record about 20 times.
     """
 
     dimension: int
@@ -118,7 +123,7 @@ class RecordConfig:
     keep_fraction: float = 1.0
     threshold: float = 0.0
     keyframe_interval: int = 8
-    compression_level: int = 19
+    compression_level: int = 5
 
     def __post_init__(self) -> None:
         def positive_int(name: str, value: object, upper: int) -> None:
@@ -413,15 +418,17 @@ class _Trial:
 
     The dither depends only on how many entries are kept, so it is drawn once per trial (from
     the record's seed, as ``DitheredQuantizer.decode`` regenerates it) and every step reuses it;
-    so do the support bitmap and the Zstandard context.
+    so do the support bitmap and the Zstandard context. ``descending``: the kept magnitudes,
+    largest first (they feed the rate model that guides the step search).
     """
 
     def __init__(self, config: RecordConfig, lattice: Lattice, seed: bytes, delta: np.ndarray,
-                 support: np.ndarray, compressor: zstandard.ZstdCompressor) -> None:
+                 support: np.ndarray, descending: np.ndarray, compressor: zstandard.ZstdCompressor) -> None:
         self.config, self.lattice, self.compressor = config, lattice, compressor
         self.support = support
+        self.descending = descending
         self.values = delta[support]
-        self.largest = float(np.max(np.abs(self.values))) if self.values.size else 0.0
+        self.largest = float(descending[0]) if descending.size else 0.0
         n = lattice.dimension
         blocks = -(-self.values.shape[0] // n)
         self.padded = np.zeros((blocks, n))
@@ -454,34 +461,36 @@ class _Trial:
     def _rate_model(self) -> np.ndarray:
         """Modelled stream bytes at every grid step, up to an affine map: Σ log2(1 + 4|v|/s_j) / 8,
         the rate of a dithered quantizer of step s (about log2(|v|/s) + 2 bits for |v| >> s, a
-        vanishing fraction of a bit for |v| << s), summed over 64 quantiles of |v|. Decreasing
-        in j."""
-        quantiles = np.quantile(np.abs(self.values), (np.arange(_MODEL_QUANTILES) + 0.5) / _MODEL_QUANTILES)
-        steps = self.largest * 2.0 ** ((np.arange(_GRID_TOP + 1) - _GRID_UNITY) / _GRID_PER_OCTAVE)
-        rates = np.log2(1.0 + 4.0 * quantiles[None, :] / steps[:, None]).sum(axis=1)
-        return rates * (self.values.shape[0] / _MODEL_QUANTILES / 8.0)
+        vanishing fraction of a bit for |v| << s), over 64 quantiles of the kept |v|.
+        Non-increasing in j."""
+        count = self.descending.shape[0]
+        quantiles = self.descending[((np.arange(_MODEL_QUANTILES) + 0.5) * count / _MODEL_QUANTILES).astype(np.int64)]
+        ratios = quantiles / self.largest  # |v| / s_j = ratio · 2^((192 − j)/8)
+        scales = 2.0 ** ((_GRID_UNITY - np.arange(_GRID_TOP + 1)) / _GRID_PER_OCTAVE)
+        rates = np.log2(1.0 + 4.0 * scales[:, None] * ratios[None, :]).sum(axis=1)
+        return rates * (count / _MODEL_QUANTILES / 8.0)
 
-    def _predict(self, low: int, high: int, model: np.ndarray, points: list[tuple[int, int]]) -> int:
-        """The grid index in (low, high) where the line through two measured (index, size) points,
-        in model coordinates, crosses the budget."""
-        (j0, s0), (j1, s1) = points
+    def _predict(self, low: int, high: int, model: np.ndarray, first: tuple[int, float],
+                 second: tuple[int, float]) -> int:
+        """The grid index in (low, high) where the line through two (index, size) points, in
+        model coordinates, crosses the budget (the middle when the line does not fall)."""
+        (j0, s0), (j1, s1) = first, second
         m0, m1 = model[j0], model[j1]
         slope = (s1 - s0) / (m1 - m0) if m1 != m0 else 0.0
         if not slope > 0.0:
             return (low + high) // 2
         target = m0 + (self.config.body_bytes - s0) / slope  # the model value whose size is the budget
-        # The model falls as j grows: the first index at or below the target.
-        crossing = int(np.searchsorted(-model, -target, side="left"))
+        crossing = int(np.searchsorted(-model, -target, side="left"))  # first index at or below it
         return min(max(crossing, low + 1), high - 1)
 
     def finest_fitting(self) -> int | None:
         """The smallest grid index whose stream fits (the size falls as the step grows).
 
-        A bracketing search like bisection (invariant: ``high`` fits, ``low`` does not or is below
-        the grid), but each probe is placed where the rate model, fitted to the sizes measured so
-        far, predicts the budget is crossed; a probe that does not halve the bracket is followed by
-        a bisection step, so at most about twice bisection's probes are made. Only the number of
-        probes depends on the model: the answer is decided by real encodings.
+        A bracketing search (invariant: ``high`` fits; ``low`` does not, or is below the grid)
+        whose probes go where the rate model, fitted to the two sizes measured nearest the
+        bracket, puts the budget; after ``_MODEL_PROBES`` such probes it bisects, so it always
+        ends. Only the number of probes depends on the model: real encodings decide the answer,
+        which is bisection's wherever the size falls monotonically with the step.
         """
         top = self.blob(_GRID_TOP)
         if top is None:
@@ -490,24 +499,25 @@ class _Trial:
         if self.largest == 0.0:
             return high
         model = self._rate_model()
-        measured = [(_GRID_TOP, len(top))]
-        bisect = False
+        # Before a second size is known, one byte of model is taken for one byte of stream.
+        measured = [(_GRID_TOP, float(len(top))), (0, len(top) + model[0] - model[_GRID_TOP])]
+        probes = 0
         while high - low > 1:
-            if bisect or len(measured) < 2 and model[_GRID_TOP] == model[0]:
+            if probes < _MODEL_PROBES:
+                first, second = sorted(measured, key=lambda point: min(abs(point[0] - low),
+                                                                       abs(point[0] - high)))[:2]
+                probe = self._predict(low, high, model, first, second)
+            else:
                 probe = (low + high) // 2
-            elif len(measured) < 2:  # one size known: assume a byte of model is a byte of stream
-                probe = self._predict(low, high, model, [measured[0], (0, len(top) + model[0] - model[_GRID_TOP])])
-            else:  # the two measurements nearest to the bracket
-                near = sorted(measured, key=lambda point: min(abs(point[0] - low), abs(point[0] - high)))
-                probe = self._predict(low, high, model, near[:2])
-            width = high - low
+            probes += 1
             size = len(self.stream(probe))
-            measured.append((probe, size))
+            if probes == 1:
+                measured.pop()  # the assumed point yields to the first real one
+            measured.append((probe, float(size)))
             if size > self.config.body_bytes:
                 low = probe
             else:
                 high = probe
-            bisect = not bisect and 2 * (high - low) > width
         return high
 
 
@@ -536,7 +546,8 @@ def encode_record_plaintext(update: np.ndarray, *, reference: np.ndarray | None,
     magnitudes = np.abs(delta)
     order = np.argsort(-magnitudes, kind="stable")
     candidates = int(np.count_nonzero(magnitudes > config.threshold))
-    sorted_squares = magnitudes[order] ** 2
+    descending = magnitudes[order]
+    sorted_squares = descending ** 2
     # dropped_energy[k] = Σ of δ_j² outside the top k.
     dropped_energy = np.concatenate([np.cumsum(sorted_squares[::-1])[::-1], [0.0]])
     per_coordinate_moment = lattice.second_moment_per_coordinate
@@ -547,7 +558,7 @@ def encode_record_plaintext(update: np.ndarray, *, reference: np.ndarray | None,
     while True:
         if best is not None and dropped_energy[kept] >= best[0]:
             break  # fewer kept entries can only drop more than the best total error already is
-        trial = _Trial(config, lattice, seed, delta, np.sort(order[:kept]), compressor)
+        trial = _Trial(config, lattice, seed, delta, np.sort(order[:kept]), descending[:kept], compressor)
         index = trial.finest_fitting()
         if index is not None:
             error = dropped_energy[kept] + kept * trial.step(index) ** 2 * per_coordinate_moment
