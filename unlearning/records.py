@@ -15,10 +15,11 @@ Pipeline (ALGORITHMS.md §6.1, §6.4; MEDU: Lang et al., arXiv 2505.03388), clie
    byte-aligned width (``secagg.bitpack``), then one Zstandard frame (its Huffman/FSE stages are
    the entropy coder). No second checksum: the AEAD tag authenticates every byte.
 4. **Fixed size.** The body budget is ⌈R·d/8⌉ bytes (R = ``bits_per_entry``, may be fractional).
-   The encoder picks the finest step (quarter-octave grid) whose stream fits, and trades kept
+   The encoder picks the finest step (eighth-octave grid) whose stream fits, and trades kept
    entries against step by the expected squared error
    Σ_dropped δ_j² + k·s²·G(Λ)V^{2/n}; the plaintext is header || blob || zero padding, always
-   ``RecordConfig.plaintext_bytes`` long.
+   ``RecordConfig.plaintext_bytes`` long. The step is found by bisection (about 9 encodings per
+   kept count); each kept count draws its dither once and reuses it at every step.
 5. **Seal** with AES-256-GCM under the record key (``unlearning.secrets``), associated data
    (run, round, client, format version).
 
@@ -83,8 +84,6 @@ _DITHER_INFO = b"fedvault/history-record/dither"
 _GRID_UNITY = 192
 _GRID_TOP = 208
 _GRID_PER_OCTAVE = 8
-_MODEL_QUANTILES = 64  # points of the rate model that guides the step search
-_MODEL_PROBES = 6  # model-placed probes of one search before it bisects
 # Float slack of the honest reconstruction in the norm check (relative).
 _NORM_RTOL = 1e-9
 # Code widths aligned to bytes (several codes per byte below 8 bits): zstd's literal coder works
@@ -418,24 +417,22 @@ class _Trial:
 
     The dither depends only on how many entries are kept, so it is drawn once per trial (from
     the record's seed, as ``DitheredQuantizer.decode`` regenerates it) and every step reuses it;
-    so do the support bitmap and the Zstandard context. ``descending``: the kept magnitudes,
-    largest first (they feed the rate model that guides the step search).
+    so do the support bitmap and the Zstandard context.
     """
 
     def __init__(self, config: RecordConfig, lattice: Lattice, seed: bytes, delta: np.ndarray,
-                 support: np.ndarray, descending: np.ndarray, compressor: zstandard.ZstdCompressor) -> None:
+                 support: np.ndarray, compressor: zstandard.ZstdCompressor) -> None:
         self.config, self.lattice, self.compressor = config, lattice, compressor
         self.support = support
-        self.descending = descending
         self.values = delta[support]
-        self.largest = float(descending[0]) if descending.size else 0.0
+        self.largest = float(np.max(np.abs(self.values))) if self.values.size else 0.0
         n = lattice.dimension
         blocks = -(-self.values.shape[0] // n)
         self.padded = np.zeros((blocks, n))
         self.padded.reshape(-1)[: self.values.shape[0]] = self.values
         self.dither = DitheredQuantizer(lattice, 1.0).dither(seed, _DITHER_INFO, blocks) if blocks else None
         self.bitmap = _support_bitmap(support, config.dimension)
-        self.results: dict[int, bytes] = {}
+        self.results: dict[int, bytes | None] = {}
 
     def step(self, j: int) -> float:
         if self.largest == 0.0:
@@ -444,80 +441,27 @@ class _Trial:
 
     def blob(self, j: int) -> bytes | None:
         """The entropy-coded stream at grid step j, or None when it exceeds the body budget."""
-        stream = self.stream(j)
-        return stream if len(stream) <= self.config.body_bytes else None
-
-    def stream(self, j: int) -> bytes:
-        """The entropy-coded stream at grid step j, whatever its length."""
         if j not in self.results:
             codes, cosets = np.zeros(0, dtype=np.int64), None
             if self.dither is not None:
                 # DitheredQuantizer.encode, with the dither drawn once: Q(x/s + d), x/s as x·(1/s).
                 points = self.lattice.nearest_point(self.padded * (1.0 / self.step(j)) + self.dither)
                 codes, cosets = _point_codes(self.lattice, points)
-            self.results[j] = _pack_stream(self.bitmap, codes, cosets, self.compressor)
+            blob = _pack_stream(self.bitmap, codes, cosets, self.compressor)
+            self.results[j] = blob if len(blob) <= self.config.body_bytes else None
         return self.results[j]
 
-    def _rate_model(self) -> np.ndarray:
-        """Modelled stream bytes at every grid step, up to an affine map: Σ log2(1 + 4|v|/s_j) / 8,
-        the rate of a dithered quantizer of step s (about log2(|v|/s) + 2 bits for |v| >> s, a
-        vanishing fraction of a bit for |v| << s), over 64 quantiles of the kept |v|.
-        Non-increasing in j."""
-        count = self.descending.shape[0]
-        quantiles = self.descending[((np.arange(_MODEL_QUANTILES) + 0.5) * count / _MODEL_QUANTILES).astype(np.int64)]
-        ratios = quantiles / self.largest  # |v| / s_j = ratio · 2^((192 − j)/8)
-        scales = 2.0 ** ((_GRID_UNITY - np.arange(_GRID_TOP + 1)) / _GRID_PER_OCTAVE)
-        rates = np.log2(1.0 + 4.0 * scales[:, None] * ratios[None, :]).sum(axis=1)
-        return rates * (count / _MODEL_QUANTILES / 8.0)
-
-    def _predict(self, low: int, high: int, model: np.ndarray, first: tuple[int, float],
-                 second: tuple[int, float]) -> int:
-        """The grid index in (low, high) where the line through two (index, size) points, in
-        model coordinates, crosses the budget (the middle when the line does not fall)."""
-        (j0, s0), (j1, s1) = first, second
-        m0, m1 = model[j0], model[j1]
-        slope = (s1 - s0) / (m1 - m0) if m1 != m0 else 0.0
-        if not slope > 0.0:
-            return (low + high) // 2
-        target = m0 + (self.config.body_bytes - s0) / slope  # the model value whose size is the budget
-        crossing = int(np.searchsorted(-model, -target, side="left"))  # first index at or below it
-        return min(max(crossing, low + 1), high - 1)
-
     def finest_fitting(self) -> int | None:
-        """The smallest grid index whose stream fits (the size falls as the step grows).
-
-        A bracketing search (invariant: ``high`` fits; ``low`` does not, or is below the grid)
-        whose probes go where the rate model, fitted to the two sizes measured nearest the
-        bracket, puts the budget; after ``_MODEL_PROBES`` such probes it bisects, so it always
-        ends. Only the number of probes depends on the model: real encodings decide the answer,
-        which is bisection's wherever the size falls monotonically with the step.
-        """
-        top = self.blob(_GRID_TOP)
-        if top is None:
+        """The smallest grid index whose stream fits (bisection; the size falls as the step grows)."""
+        if self.blob(_GRID_TOP) is None:
             return None
-        low, high = -1, _GRID_TOP
-        if self.largest == 0.0:
-            return high
-        model = self._rate_model()
-        # Before a second size is known, one byte of model is taken for one byte of stream.
-        measured = [(_GRID_TOP, float(len(top))), (0, len(top) + model[0] - model[_GRID_TOP])]
-        probes = 0
+        low, high = -1, _GRID_TOP  # invariant: high fits; low does not (or is below the grid)
         while high - low > 1:
-            if probes < _MODEL_PROBES:
-                first, second = sorted(measured, key=lambda point: min(abs(point[0] - low),
-                                                                       abs(point[0] - high)))[:2]
-                probe = self._predict(low, high, model, first, second)
+            middle = (low + high) // 2
+            if self.blob(middle) is None:
+                low = middle
             else:
-                probe = (low + high) // 2
-            probes += 1
-            size = len(self.stream(probe))
-            if probes == 1:
-                measured.pop()  # the assumed point yields to the first real one
-            measured.append((probe, float(size)))
-            if size > self.config.body_bytes:
-                low = probe
-            else:
-                high = probe
+                high = middle
         return high
 
 
@@ -546,8 +490,7 @@ def encode_record_plaintext(update: np.ndarray, *, reference: np.ndarray | None,
     magnitudes = np.abs(delta)
     order = np.argsort(-magnitudes, kind="stable")
     candidates = int(np.count_nonzero(magnitudes > config.threshold))
-    descending = magnitudes[order]
-    sorted_squares = descending ** 2
+    sorted_squares = magnitudes[order] ** 2
     # dropped_energy[k] = Σ of δ_j² outside the top k.
     dropped_energy = np.concatenate([np.cumsum(sorted_squares[::-1])[::-1], [0.0]])
     per_coordinate_moment = lattice.second_moment_per_coordinate
@@ -558,7 +501,7 @@ def encode_record_plaintext(update: np.ndarray, *, reference: np.ndarray | None,
     while True:
         if best is not None and dropped_energy[kept] >= best[0]:
             break  # fewer kept entries can only drop more than the best total error already is
-        trial = _Trial(config, lattice, seed, delta, np.sort(order[:kept]), descending[:kept], compressor)
+        trial = _Trial(config, lattice, seed, delta, np.sort(order[:kept]), compressor)
         index = trial.finest_fitting()
         if index is not None:
             error = dropped_energy[kept] + kept * trial.step(index) ** 2 * per_coordinate_moment
