@@ -254,16 +254,20 @@ class ChainFile:
                 _refuse_shared(self.path)  # never write into a file others may read
                 self._sequence = 0  # malformed or of another model size: replaced by a new file
         sequence = self._sequence + 1
-        slot = _encode_slot(state, self.dimension, sequence)
-        if self._sequence == 0:
-            self._create(slot)
-        else:
-            descriptor = os.open(self.path, os.O_WRONLY)
+        if self._sequence > 0:
+            slot = _encode_slot(state, self.dimension, sequence)
             try:
-                _write_all(descriptor, slot, (sequence % 2) * len(slot))
-                _flush(descriptor)
-            finally:
-                os.close(descriptor)
+                descriptor = os.open(self.path, os.O_WRONLY)
+            except FileNotFoundError:  # deleted since it was read (the client forgot its chain)
+                sequence = 1
+            else:
+                try:
+                    _write_all(descriptor, slot, (sequence % 2) * len(slot))
+                    _flush(descriptor)
+                finally:
+                    os.close(descriptor)
+        if sequence == 1:
+            self._create(_encode_slot(state, self.dimension, sequence))
         self._sequence = sequence
 
     def _create(self, first_slot: bytes) -> None:

@@ -187,3 +187,14 @@ def test_deleting_forgets_the_reconstruction(tmp_path):
     save_chain_state(path, ChainState(_chain(1, 0)), D)
     assert delete_chain_state(path) and not path.exists()
     assert not delete_chain_state(path)
+
+
+def test_a_file_deleted_while_in_use_is_created_again(tmp_path):
+    path = tmp_path / "c.chain"
+    file = ChainFile(path, D)
+    file.save(ChainState(pending=_chain(0, 0)))
+    file.save(ChainState(_chain(0, 0), _chain(1, 1)))
+    assert delete_chain_state(path)
+    file.save(ChainState(_chain(1, 1), _chain(2, 2)))
+    assert file.sequence == 1 and load_chain_state(path, D).pending.round_index == 2
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
