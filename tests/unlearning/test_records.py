@@ -411,7 +411,8 @@ def test_a_trial_encodes_exactly_as_the_dithered_quantizer_at_every_step(lattice
 
 
 def test_the_default_compression_level_codes_as_finely_as_level_19(secret):
-    """The default level (5) is about 3 times cheaper than 19; the records it makes are as good."""
+    """The default level (5) is about 3 times cheaper than 19; its records are as accurate within 2%
+    (here 0.9%; on real digits updates 0.2%)."""
     errors, default = {}, RecordConfig(dimension=650, clip_norm=0.5).compression_level
     assert default < 19
     for level in (default, 19):
