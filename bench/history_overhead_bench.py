@@ -12,9 +12,7 @@ chain file and uploading the record, and the server storing it with the round.
 Reported per model (median over ``--repeats``): the training wall time of the whole run
 (``Coordinator.run``: worker start-up, enrolment and every round) with and without records, the
 ratio (the overhead is ratio − 1), the same for the rounds alone (the sum of the per-round times,
-which leaves out the start-up that dilutes the whole-run ratio), the CPU time the run used (this
-process and its worker processes, user + system: steadier than wall time on a shared machine,
-though it leaves out time blocked in ``fdatasync``), the history bytes stored, and
+which leaves out the start-up that dilutes the whole-run ratio), the history bytes stored, and
 the chain-file writes per client per recorded round, read from each chain file's write sequence
 number (the target: exactly one). The target of the issue: recording costs at most 20% extra
 training wall time.
@@ -33,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import sys
 import tempfile
@@ -74,23 +71,17 @@ def _chain_writes(keys: Path, run_id: int, run_tag: str, repository: Repository,
     return writes / recorded if recorded else None
 
 
-def _cpu_seconds() -> float:
-    """CPU time (user + system) of this process and of its finished children (the workers)."""
-    return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
-               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-
-
 def _train(args, model: str, rounds: int, history: bool) -> dict:
     config = _config(args, model, rounds, history)
     with tempfile.TemporaryDirectory(prefix="fedvault-history-bench-") as directory:
         keys = Path(directory) / "keys"
         with Repository.open(str(Path(directory) / "run.db")) as repository:
-            started, cpu = time.perf_counter(), _cpu_seconds()
+            started = time.perf_counter()
             coordinator = Coordinator(config, repository, key_directory=keys)
-            summary = coordinator.run()  # joins its worker processes before it returns
-            total, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+            summary = coordinator.run()
+            total = time.perf_counter() - started
             result = {
-                "history": history, "total_seconds": total, "cpu_seconds": cpu,
+                "history": history, "total_seconds": total,
                 "round_seconds": sum(r.seconds for r in summary.rounds),
                 "completed_rounds": sum(r.status == "completed" for r in summary.rounds),
                 "final_accuracy": summary.final_accuracy,
@@ -148,8 +139,6 @@ def main(argv=None) -> int:
             "round_seconds_off": _median(off, "round_seconds"), "round_seconds_on": _median(on, "round_seconds"),
             "ratio_total": _median(on, "total_seconds") / _median(off, "total_seconds"),
             "ratio_rounds": _median(on, "round_seconds") / _median(off, "round_seconds"),
-            "cpu_seconds_off": _median(off, "cpu_seconds"), "cpu_seconds_on": _median(on, "cpu_seconds"),
-            "ratio_cpu": _median(on, "cpu_seconds") / _median(off, "cpu_seconds"),
             "ratio_total_per_repeat_median": statistics.median(ratios),
             "ratio_rounds_per_repeat_median": statistics.median(round_ratios),
             "history_bytes": on[0]["history_bytes"], "records": on[0]["records"],
@@ -162,15 +151,13 @@ def main(argv=None) -> int:
     print(f"\nHistory recording overhead ({args.label}): digits, {args.clients} clients, R = {args.bits:g} "
           f"bits/parameter, {args.workers} workers, median of {repeats}")
     print("| model (d) | rounds | training without records | with records | ratio (target ≤ 1.20) "
-          "| rounds alone: without / with | ratio | CPU: without / with | ratio | history stored "
-          "| chain writes per record |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| rounds alone: without / with | ratio | history stored | chain writes per record |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, row in report["models"].items():
         writes = "n/a" if row["chain_writes_per_record"] is None else f"{row['chain_writes_per_record']:.2f}"
         print(f"| {model} ({row['dimension']:,}) | {row['rounds']} | {row['total_seconds_off']:.1f} s "
               f"| {row['total_seconds_on']:.1f} s | {row['ratio_total']:.2f}× | {row['round_seconds_off']:.1f} s / "
-              f"{row['round_seconds_on']:.1f} s | {row['ratio_rounds']:.2f}× | {row['cpu_seconds_off']:.1f} s / "
-              f"{row['cpu_seconds_on']:.1f} s | {row['ratio_cpu']:.2f}× | {row['history_bytes']:,} B "
+              f"{row['round_seconds_on']:.1f} s | {row['ratio_rounds']:.2f}× | {row['history_bytes']:,} B "
               f"| {writes} |")
     print(f"\nwrote {args.out}")
     return 0
