@@ -44,7 +44,7 @@ from secagg.errors import MalformedMessageError
 from secagg.modular import wrap
 from secagg.stages import MASKED_INPUT
 from secagg.wire import AdvertiseKeysRequest, decode_message
-from unlearning.chain_file import ChainState, chain_path, load_chain_state, save_chain_state
+from unlearning.chain_file import ChainFile, ChainState, chain_path
 from unlearning.records import RecordChain, build_record
 from unlearning.run_records import run_record_config
 from unlearning.secrets import history_commitment
@@ -123,7 +123,8 @@ class ClientRuntime:
             self.learner = workload.learner(config, client_id)
         else:  # the run's named data and model (poisoned if the run plants a backdoor)
             self.learner = learner_for(config, client_id)
-        self._chain_file = chain_path(key_file, run_tag)
+        self._chain_path = chain_path(key_file, run_tag)
+        self._chain_file: ChainFile | None = None  # opened with the first record
         # The run's budget comes from the server's config; the client's policy may only lower it.
         self._own_ledger = ClientLedger(key_file.with_name(f"client-{client_id}.run-{run_tag}.ledger.json"),
                                         client_id, self.policy.run_budget(config.client_budget), config.delta)
@@ -246,33 +247,47 @@ class ClientRuntime:
 
     def _chain_state(self) -> ChainState:
         if self._chain is None:
-            self._chain = load_chain_state(self._chain_file, self.learner.trainer.dimension)
+            self._chain_file = ChainFile(self._chain_path, self.learner.trainer.dimension)
+            self._chain = self._chain_file.load()
         return self._chain
 
     def _seal_record(self, plan: RoundPlan, contribution: np.ndarray) -> bytes:
+        """Seal this round's record and write the chain state once, before the record leaves.
+
+        The record is differential only against a record the server confirmed storing and
+        nothing uploaded since: a pending record still unconfirmed (the client dropped out of
+        that round, its confirmation was lost, or the process restarted and the server did not
+        confirm it again) may or may not be stored, so the record is a key frame, which opens
+        either way.
+        """
         config = run_record_config(
             dimension=plan.dimension, clip_norm=plan.clip_norm, bits_per_entry=self.config.history_bits_per_entry,
             lattice=self.config.history_lattice, codec_lattice=plan.lattice, step=plan.step,
             noise_mode=plan.noise.mode, noise_mechanism=plan.noise.mechanism, noise_parameter=plan.noise.scale)
         state = self._chain_state()
-        chain = state.confirmed
+        chain = state.confirmed if state.pending is None else RecordChain()
         if chain.round_index is not None and chain.round_index >= plan.round_index:
             chain = RecordChain()  # not this run's past (a reused run id): restart with a key frame
         built = build_record(contribution, history_secret=self.history_secret, run_id=self.run_id,
                              client_id=self.client_id, round_index=plan.round_index, config=config, chain=chain)
-        self._chain = state.with_pending(built.chain)
-        save_chain_state(self._chain_file, self._chain)
+        state = ChainState(chain, built.chain)
+        self._chain_file.save(state)  # the round's one write: a crash from here on keeps the pending chain
+        self._chain = state
         return built.sealed
 
     def confirm_record(self, round_index: int) -> bool:
         """The server stored this client's record of ``round_index``: the next record is coded
-        against it. Idempotent; False when no record of that round awaits confirmation."""
+        against it. Idempotent; False when no record of that round awaits confirmation.
+
+        Changes the state in memory only; it reaches the disk with the next record's write. A
+        crash before then leaves the record pending on disk, and the restarted client codes a
+        key frame unless the server confirms it again (a resumed coordinator re-confirms the
+        last committed round)."""
         state = self._chain_state()
         confirmed = state.confirm(round_index)
         if confirmed is state:
             return False
         self._chain = confirmed
-        save_chain_state(self._chain_file, confirmed)
         return True
 
     def finish_round(self, round_index: int, mean_sent: np.ndarray, included: bool) -> bool:
