@@ -54,7 +54,6 @@ the next is read). Time: O(T·window·d).
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
@@ -107,14 +106,38 @@ class CorrectionSettings:
             raise UnlearningConfigurationError(f"max_contraction must be in [0, 1], got {self.max_contraction}")
 
 
+@dataclass(frozen=True)
+class SecantJacobian:
+    """J ≈ Q·B·Qᵀ on the span of the window's steps, kept implicitly: Q = Sᵀ·W (S the (m, d) steps,
+    W (m, r) their whitening), so applying it costs two products with S and no (d, r) matrix."""
+
+    steps: np.ndarray
+    whiten: np.ndarray
+    matrix: np.ndarray
+
+    @property
+    def rank(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def basis(self) -> np.ndarray:
+        """Q, (d, r) with orthonormal columns spanning the steps."""
+        return self.steps.T @ self.whiten
+
+    def apply(self, vector: np.ndarray) -> np.ndarray:
+        """J·v = Q·B·Qᵀ·v, (d,)."""
+        # einsum, not BLAS matrix-vector products: those are slow under a contended thread pool.
+        coefficients = self.whiten @ (self.matrix @ (self.whiten.T @ np.einsum("md,d->m", self.steps, vector)))
+        return np.einsum("m,md->d", coefficients, self.steps)
+
+
 def secant_jacobian(steps: np.ndarray, responses: np.ndarray, *, ridge: float = DEFAULT_RIDGE,
-                    lowest: float = -math.inf) -> tuple[np.ndarray, np.ndarray]:
+                    lowest: float = -math.inf) -> SecantJacobian:
     """The Jacobian estimate on the span of the steps, from secant pairs.
 
-    steps: (m, d) s_j; responses: (m, d) y_j ≈ J·s_j. Returns (Q, B): Q (d, r) an orthonormal basis
-    of span{s_j} (r ≤ m, numerically dependent steps dropped) and B (r, r) symmetric with
-    eigenvalues in [lowest, 0], such that J ≈ Q·B·Qᵀ. B is the ridge least-squares solution of
-    B·C ≈ Qᵀ·Y (C = Qᵀ·S, ridge λ = ridge·‖S‖²_F/m), symmetrized, its spectrum clipped.
+    steps: (m, d) s_j; responses: (m, d) y_j ≈ J·s_j. With Q an orthonormal basis of span{s_j}
+    (rank r ≤ m, numerically dependent steps dropped), B (r, r) is the ridge least-squares solution
+    of B·C ≈ Qᵀ·Y (C = Qᵀ·S, ridge λ = ridge·‖S‖²_F/m), symmetrized, its eigenvalues clipped to
+    [lowest, 0]; J ≈ Q·B·Qᵀ.
     """
     s = np.asarray(steps, dtype=np.float64)
     y = np.asarray(responses, dtype=np.float64)
@@ -123,19 +146,21 @@ def secant_jacobian(steps: np.ndarray, responses: np.ndarray, *, ridge: float = 
     m = s.shape[0]
     scale = float(np.sum(s * s))
     if m == 0 or scale == 0.0:
-        return np.zeros((s.shape[1], 0)), np.zeros((0, 0))
-    q, r = np.linalg.qr(s.T)  # s.T = q·r, q (d, m)
-    diagonal = np.abs(np.diag(r))
-    keep = diagonal > 1e-8 * diagonal.max()
-    q, r = q[:, keep], r[keep, :]  # steps dependent on earlier ones add no direction
-    c = r  # (k, m): coordinates of the steps in the basis
-    z = q.T @ y.T  # (k, m): responses projected on the basis
+        return SecantJacobian(s, np.zeros((m, 0)), np.zeros((0, 0)))
+    # The basis from the steps' Gram matrix (products with S and an m×m eigendecomposition only:
+    # a tall QR is far slower on multithreaded BLAS).
+    gram_values, gram_vectors = np.linalg.eigh(s @ s.T)
+    keep = gram_values > 1e-12 * gram_values.max()
+    gram_values, gram_vectors = gram_values[keep], gram_vectors[:, keep]
+    whiten = gram_vectors / np.sqrt(gram_values)  # (m, r): Q = Sᵀ·whiten
+    c = (gram_vectors * np.sqrt(gram_values)).T  # (r, m): the steps' coordinates in Q
+    z = whiten.T @ (s @ y.T)  # (r, m): the responses projected on Q
     regularizer = ridge * scale / m
     b = z @ c.T @ np.linalg.inv(c @ c.T + regularizer * np.eye(c.shape[0]))
     b = 0.5 * (b + b.T)
     values, vectors = np.linalg.eigh(b)
     values = np.clip(values, lowest, 0.0)
-    return q, (vectors * values) @ vectors.T
+    return SecantJacobian(s, whiten, (vectors * values) @ vectors.T)
 
 
 def calibrated_correction(rounds: Iterable[ObservedRound], targets: Collection[int], dimension: int, *,
@@ -158,8 +183,10 @@ def calibrated_correction(rounds: Iterable[ObservedRound], targets: Collection[i
         raise UnlearningConfigurationError(f"server_learning_rate must be finite and > 0, got {server_learning_rate}")
     target_set = _check_targets(targets)
     error = np.zeros(int(dimension), dtype=np.float64)
-    steps: deque[np.ndarray] = deque(maxlen=max(settings.window, 1))
-    responses: deque[np.ndarray] = deque(maxlen=max(settings.window, 1))
+    # The window's pairs in ring buffers (the fit does not depend on their order): no copies per round.
+    steps = np.zeros((settings.window, int(dimension)))
+    responses = np.zeros((settings.window, int(dimension)))
+    pairs = 0
     previous: tuple[np.ndarray, np.ndarray] | None = None  # (η·ḡ_{t−1}, r_{t−1})
     previous_round = -1
     lowest = -settings.max_contraction / rate
@@ -196,16 +223,18 @@ def calibrated_correction(rounds: Iterable[ObservedRound], targets: Collection[i
         # The newest secant pair: r_t(w_t) − r_{t−1}(w_{t−1}) against w_t − w_{t−1} = η·ḡ_{t−1}.
         if remaining is not None and settings.window:
             if previous is not None:
-                steps.append(previous[0])
-                responses.append(remaining - previous[1])
+                slot = pairs % settings.window
+                steps[slot] = previous[0]
+                np.subtract(remaining, previous[1], out=responses[slot])
+                pairs += 1
             previous = (rate * aggregate, remaining)
         else:
             previous = None  # a gap: the next round's difference would not be a secant of r
         # The interaction: e ← (I + η·J_t)·e with J_t estimated on the window's span.
-        if steps and np.any(error):
-            basis, jacobian = secant_jacobian(np.stack(steps), np.stack(responses), ridge=settings.ridge,
-                                              lowest=lowest)
-            if basis.shape[1]:
-                error = error + rate * (basis @ (jacobian @ (basis.T @ error)))
+        if pairs and np.any(error):
+            count = min(pairs, settings.window)
+            jacobian = secant_jacobian(steps[:count], responses[:count], ridge=settings.ridge, lowest=lowest)
+            if jacobian.rank:
+                error = error + rate * jacobian.apply(error)
         error += rate * drive
     return error

@@ -101,21 +101,26 @@ def test_the_secant_fit_recovers_a_known_jacobian_and_its_decay():
     decays = np.array([0.02, 0.05, 0.1, 0.15, 0.25])
     jacobian = -(basis * decays) @ basis.T
     steps = rng.normal(size=(8, d))
-    q, b = secant_jacobian(steps, steps @ jacobian.T, ridge=1e-9)
-    estimate = q @ b @ q.T
-    assert np.allclose(estimate, jacobian, atol=1e-6)
-    assert np.allclose(np.sort(-np.linalg.eigvalsh(b)), decays, atol=1e-6)
+    fit = secant_jacobian(steps, steps @ jacobian.T, ridge=1e-9)
+    q = fit.basis()
+    assert np.allclose(q.T @ q, np.eye(d), atol=1e-9)
+    assert np.allclose(q @ fit.matrix @ q.T, jacobian, atol=1e-6)
+    assert np.allclose(np.sort(-np.linalg.eigvalsh(fit.matrix)), decays, atol=1e-6)
+    probe = rng.normal(size=d)
+    assert np.allclose(fit.apply(probe), jacobian @ probe, atol=1e-6)
 
 
 def test_the_secant_fit_never_expands_and_respects_the_largest_contraction():
     rng = np.random.default_rng(4)
     steps = rng.normal(size=(6, 10))
     expanding = steps @ (0.5 * np.eye(10)).T  # a response that would grow errors
-    q, b = secant_jacobian(steps, expanding)
-    assert q.shape == (10, 6) and np.allclose(b, 0.0)
+    fit = secant_jacobian(steps, expanding)
+    assert fit.basis().shape == (10, 6) and np.allclose(fit.matrix, 0.0)
     steep = steps @ (-5.0 * np.eye(10)).T
-    _, b = secant_jacobian(steps, steep, lowest=-0.3)
-    assert np.allclose(np.linalg.eigvalsh(b), -0.3)
+    fit = secant_jacobian(steps, steep, lowest=-0.3)
+    assert np.allclose(np.linalg.eigvalsh(fit.matrix), -0.3)
+    dependent = np.vstack([steps, 2.0 * steps[:1]])  # a step along an earlier one adds no direction
+    assert secant_jacobian(dependent, dependent @ (-0.1 * np.eye(10)).T).rank == 6
 
 
 def test_with_no_window_it_is_exact_subtraction_with_renormalized_weights():
