@@ -70,6 +70,7 @@ class Scenario:
     clip_norm: float = 1.0
     learning_rate: float = 0.1
     local_epochs: int = 5
+    noise: float = 0.0  # DP: Gaussian noise of std noise·C/|S_t| per coordinate on each round's mean
     seed: int = 0
 
 
@@ -170,7 +171,11 @@ def simulate(s: Scenario, world: World, exclude: set[int]) -> dict:
             update = trainer.train(w, world.clients[k], seed, client_id=k).update
             updates[k], _ = clip_l2(update.astype(np.float32), s.clip_norm)
         weights = {k: 1.0 / len(survivors) for k in survivors}
-        aggregate = np.mean([updates[k] for k in survivors], axis=0).astype(np.float32)
+        aggregate = np.mean([updates[k] for k in survivors], axis=0)
+        if s.noise:  # the same draw in the original run and the oracle: the comparison isolates the rule
+            noise_rng = np.random.default_rng([s.seed, t, 99])
+            aggregate = aggregate + noise_rng.normal(0.0, s.noise * s.clip_norm / len(alive), aggregate.shape)
+        aggregate = aggregate.astype(np.float32)
         rounds.append({"round": t, "weights": weights, "aggregate": aggregate,
                        "target": {c: updates[c].astype(np.float64) for c in updates if c == TARGET}})
         w = w + aggregate
@@ -257,6 +262,13 @@ TUNE = [
              corner="tl", patch=4, value=6.0, target_label=3, clip_norm=2.0),
 ]
 
+#: DP on (noise in the aggregate, none in the records): measured after the settings were frozen.
+DP = [
+    Scenario("dp-digits-logreg-iid-backdoor", clients=10, attack="backdoor", clip_norm=2.0, noise=0.5, seed=12),
+    Scenario("dp-digits-mlp-dir0.5-heavy", model="mlp", split="dirichlet", alpha=0.5, attack="heavy",
+             heavy_class=4, noise=0.5, seed=13),
+]
+
 HELD_OUT = [
     Scenario("mnist-logreg-dir0.1-backdoor-tl", dataset="mnist5k", clients=30, split="dirichlet", alpha=0.1,
              corner="tl", patch=4, value=5.0, target_label=2, seed=3, rounds=12),
@@ -306,17 +318,21 @@ def _print(label: str, results: list[dict]) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--set", choices=["tune", "held-out", "both"], default="both")
+    parser.add_argument("--set", choices=["tune", "held-out", "dp", "both"], default="both",
+                        help="which scenario list to run (both: tune and held-out)")
     parser.add_argument("--only", default=None, help="run only scenarios whose name contains this")
-    parser.add_argument("--window", type=int, default=CorrectionSettings().window)
-    parser.add_argument("--ridge", type=float, default=CorrectionSettings().ridge)
-    parser.add_argument("--max-contraction", type=float, default=CorrectionSettings().max_contraction)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--window", type=int, default=CorrectionSettings().window,
+                        help="secant pairs the calibrated rule keeps")
+    parser.add_argument("--ridge", type=float, default=CorrectionSettings().ridge,
+                        help="relative ridge of the secant fit")
+    parser.add_argument("--max-contraction", type=float, default=CorrectionSettings().max_contraction,
+                        help="largest per-round shrink of the correction along one direction")
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the JSON report")
     args = parser.parse_args(argv)
     settings = CorrectionSettings(window=args.window, ridge=args.ridge, max_contraction=args.max_contraction)
     report = {"settings": asdict(settings)}
-    for label, scenarios in (("tune", TUNE), ("held-out", HELD_OUT)):
-        if args.set not in (label, "both"):
+    for label, scenarios in (("tune", TUNE), ("held-out", HELD_OUT), ("dp", DP)):
+        if args.set != label and not (args.set == "both" and label != "dp"):
             continue
         chosen = [s for s in scenarios if args.only is None or args.only in s.name]
         results = [evaluate(s, settings) for s in chosen]

@@ -59,11 +59,12 @@ def _render_verification(payload: dict, oracle) -> list[str]:
 @click.option("--method", type=click.Choice(["medu", "retrain"]), default="medu", show_default=True,
               help="medu: open the client's sealed records and apply the --rule correction "
                    "(streaming, O(model) memory); retrain: retrain without the client (exact oracle).")
-@click.option("--rule", type=click.Choice(["calibrated", "fast-fedul"]), default="calibrated", show_default=True,
+@click.option("--rule", type=click.Choice(["auto", "calibrated", "fast-fedul"]), default="auto", show_default=True,
               help="medu's correction. calibrated: subtract the client's updates, renormalize the others' "
                    "weights and replay their response estimated from the stored aggregates "
                    "(docs/UNLEARNING.md, 'The correction'); fast-fedul: the fixed per-round shrink "
-                   "of Fast-FedUL (--alpha, --theta).")
+                   "of Fast-FedUL (--alpha, --theta); auto: calibrated unless the run's aggregates "
+                   "carry DP noise, then fast-fedul.")
 @click.option("--heal-rounds", type=int, default=0, show_default=True,
               help="Federated rounds of the remaining clients after the correction (medu only).")
 @click.option("--alpha", type=float, default=None, help="Fast-FedUL contraction α, --rule fast-fedul only [default: 0.07].")
@@ -95,8 +96,8 @@ def unlearn(run_id, client_id, key_file, method, rule, heal_rounds, alpha, theta
     keys = load_keys(key_path)
     if keys.client_id != client_id:
         raise click.UsageError(f"{key_path} holds client {keys.client_id}'s keys, not client {client_id}'s")
-    if rule != "fast-fedul" and (alpha is not None or theta is not None):
-        raise click.UsageError("--alpha and --theta apply to --rule fast-fedul")
+    if rule == "calibrated" and (alpha is not None or theta is not None):
+        raise click.UsageError("--alpha and --theta apply to --rule fast-fedul (or auto on a DP run)")
     settings = UnlearningSettings(method=method, rule=rule, heal_rounds=heal_rounds,
                                   alpha=DEFAULT_ALPHA if alpha is None else alpha,
                                   theta=DEFAULT_THETA if theta is None else theta)

@@ -7,11 +7,21 @@ map is then linear with Jacobian J = −γ·mean A_k, so the rule's linearizatio
 its estimate of J (from the stored aggregates) and its cold start separate it from retraining.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from unlearning.correction import CorrectionSettings, ObservedRound, calibrated_correction, secant_jacobian
-from unlearning.deletion import UnlearningSettings, medu_correction, observed_rounds, unlearn_client
+from unlearning.deletion import (
+    UnlearningSettings,
+    correction_rule_for,
+    current_model,
+    medu_correction,
+    observed_rounds,
+    unlearn_client,
+)
+from unlearning.records import open_history
 from unlearning.errors import UnlearningConfigurationError, UnlearningInputError
 from unlearning.rules import RoundHistory, RoundWeights, fast_fedul_correction, join_round_history
 from unlearning.requests import sign_deletion_request
@@ -173,13 +183,12 @@ def test_bad_inputs_are_refused():
 # --- wired into the deletion path ---------------------------------------------------------------
 
 
-def test_the_deletion_path_applies_the_calibrated_rule_by_default(synthetic_run):
+def test_the_deletion_path_applies_the_calibrated_rule_by_default_on_a_run_without_noise(synthetic_run):
     run, client = synthetic_run, 3
-    assert UnlearningSettings().rule == "calibrated"
+    assert UnlearningSettings().rule == "auto"
     with run.open() as repository:
         rounds = repository.list_rounds(run.run_id)
         stored = [(r.round_index, r.ciphertext) for r in repository.iter_sealed_records(run.run_id, client)]
-        from unlearning.records import open_history
         commitment = repository.get_client(run.run_id, client).history_commitment
         opened = [(o.round_index, o.update) for o in open_history(
             stored, history_secret=run.secrets[client], commitment=commitment, run_id=run.run_id,
@@ -189,14 +198,14 @@ def test_the_deletion_path_applies_the_calibrated_rule_by_default(synthetic_run)
                                    repository.iter_aggregates(run.run_id, "mean_update"))
         before = medu_correction(repository, run.run_id, client, run.secrets[client])
         old = medu_correction(repository, run.run_id, client, run.secrets[client], rule="fast-fedul")
-        from unlearning.deletion import current_model
         model, _ = current_model(repository, run.run_id)
         direct = calibrated_correction(observed, {client}, model.shape[0])
         outcome = unlearn_client(repository, sign_deletion_request(run.identities[client], run.secrets[client],
                                                                    run.run_id, client))
         checkpoint = repository.load_checkpoint(run.run_id)
     assert outcome.model_version == checkpoint.info.model_version
-    assert checkpoint.info.details["rule"] == "calibrated"
+    assert checkpoint.info.details["rule"] == "auto" and checkpoint.info.details["rule_applied"] == "calibrated"
+    assert before.rule == "calibrated" and old.rule == "fast-fedul"
     expected = (model.astype(np.float64) + direct).astype(np.float32)
     assert np.array_equal(before.parameters, expected)
     assert np.array_equal(checkpoint.tensors["flat"], expected)
@@ -207,3 +216,57 @@ def test_the_deletion_path_applies_the_calibrated_rule_by_default(synthetic_run)
 def test_an_unknown_rule_is_refused():
     with pytest.raises(UnlearningConfigurationError, match="rule"):
         UnlearningSettings(rule="fixed-shrink")
+    with pytest.raises(UnlearningConfigurationError, match="rule"):
+        correction_rule_for("fixed-shrink", [])
+
+
+def test_auto_falls_back_to_the_fixed_shrink_when_a_round_carried_dp_noise(synthetic_run):
+    with synthetic_run.open() as repository:
+        rounds = repository.list_rounds(synthetic_run.run_id)
+    assert correction_rule_for("auto", rounds) == "calibrated"
+    noisy = [dataclasses.replace(info, parameters={**info.parameters, "noise": "distributed"}) if i == 4 else info
+             for i, info in enumerate(rounds)]
+    assert correction_rule_for("auto", noisy) == "fast-fedul"
+    aborted = [dataclasses.replace(info, status="aborted") if i == 4 else info for i, info in enumerate(noisy)]
+    assert correction_rule_for("auto", aborted) == "calibrated"  # its noise entered no model
+    assert correction_rule_for("calibrated", noisy) == "calibrated"
+    assert correction_rule_for("fast-fedul", rounds) == "fast-fedul"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_record_errors_move_the_correction_by_at_most_the_stated_bound(seed):
+    """The bound of docs/UNLEARNING.md: coding errors ε_t in the client's records move e_T by at most
+    η·Σ_t (c_t·‖ε_t‖ + ‖e_t‖·‖δY_t‖_F / (2·√λ_t)), c_t = p_t/(1 − p_t): the drive's share plus the
+    secant fit's (λ_t its ridge, δY_t the errors' effect on the window's responses), since each
+    (I + η·J_t) is a contraction. Without a window only the first term remains, with equality
+    for errors along one direction."""
+    rng = np.random.default_rng(seed)
+    rate, settings = 0.5, CorrectionSettings()
+    curvatures, optima = _quadratic_federation(rng, clients=5)
+    survivors = _survivors(rng, 30, len(optima), drop=0.2)
+    final, history = _train(curvatures, optima, 30, survivors, start=rng.normal(size=6) * 5)
+    d = final.shape[0]
+    errors = [rng.normal(size=d) * 1e-2 for _ in history]
+    noisy = [(t, w, {**u, TARGET: u[TARGET] + errors[t]}, g) for t, w, u, g in history]
+    share = [w[TARGET] / (1.0 - w[TARGET]) for _, w, _, _ in history]
+    moved = np.linalg.norm(calibrated_correction(_observed(noisy), {TARGET}, d, server_learning_rate=rate)
+                           - calibrated_correction(_observed(history), {TARGET}, d, server_learning_rate=rate))
+    bound = 0.0
+    for t in range(len(history)):
+        bound += rate * share[t] * np.linalg.norm(errors[t])
+        pairs = range(max(1, t - settings.window + 1), t + 1)  # pair k: rounds k − 1 and k
+        if not pairs:
+            continue
+        state = calibrated_correction(_observed(history[:t]), {TARGET}, d, server_learning_rate=rate) if t else 0
+        steps = np.stack([rate * history[k - 1][3] for k in pairs])
+        ridge = settings.ridge * float(np.sum(steps * steps)) / len(pairs)
+        response_errors = np.stack([share[k] * errors[k] - share[k - 1] * errors[k - 1] for k in pairs])
+        bound += rate * np.linalg.norm(state) * np.linalg.norm(response_errors) / (2.0 * np.sqrt(ridge))
+    assert 0.0 < moved <= bound
+    no_window = CorrectionSettings(window=0)
+    along = [(t, w, {**u, TARGET: u[TARGET] + 1e-2 * np.eye(d)[0]}, g) for t, w, u, g in history]
+    moved = np.linalg.norm(calibrated_correction(_observed(along), {TARGET}, d, server_learning_rate=rate,
+                                                 settings=no_window)
+                           - calibrated_correction(_observed(history), {TARGET}, d, server_learning_rate=rate,
+                                                   settings=no_window))
+    assert moved == pytest.approx(rate * sum(share) * 1e-2, rel=1e-9)
