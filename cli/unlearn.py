@@ -58,7 +58,7 @@ def _render_verification(payload: dict, oracle) -> list[str]:
                    "and healing) are read from the same folder.")
 @click.option("--method", type=click.Choice(["medu", "retrain"]), default="medu", show_default=True,
               help="medu: open the client's sealed records and apply the --rule correction "
-                   "(streaming, O(model) memory); retrain: retrain without the client (exact oracle).")
+                   "(streaming, memory independent of the run's length); retrain: retrain without the client (exact oracle).")
 @click.option("--rule", type=click.Choice(["auto", "calibrated", "fast-fedul"]), default="auto", show_default=True,
               help="medu's correction. calibrated: subtract the client's updates, renormalize the others' "
                    "weights and replay their response estimated from the stored aggregates "
@@ -67,8 +67,10 @@ def _render_verification(payload: dict, oracle) -> list[str]:
                    "carry DP noise, then fast-fedul.")
 @click.option("--heal-rounds", type=int, default=0, show_default=True,
               help="Federated rounds of the remaining clients after the correction (medu only).")
-@click.option("--alpha", type=float, default=None, help="Fast-FedUL contraction α, --rule fast-fedul only [default: 0.07].")
-@click.option("--theta", type=float, default=None, help="Fast-FedUL correction scale θ, --rule fast-fedul only [default: 1].")
+@click.option("--alpha", type=float, default=None,
+              help="Fast-FedUL contraction α, --rule fast-fedul only [default: 0.07].")
+@click.option("--theta", type=float, default=None,
+              help="Fast-FedUL correction scale θ, --rule fast-fedul only [default: 1].")
 @click.option("--verify", is_flag=True, default=False,
               help="Also retrain without the client and compare: test accuracy, accuracy and MIA AUC on "
                    "the forgotten data, backdoor success, relative distance.")

@@ -414,7 +414,8 @@ def _record_completion(repository: Repository, info: DeletionRequestInfo) -> dic
                "round_index": checkpoint.round_index, "checkpoint_sha256": checkpoint.sha256,
                "records_shredded": int(info.details.get("records", 0)),
                **{key: checkpoint.details.get(key) for key in
-                  ("method", "rule", "rule_applied", "alpha", "theta", "heal_rounds", "records_opened", "rounds_walked", "seconds")}}
+                  ("method", "rule", "rule_applied", "alpha", "theta", "heal_rounds", "records_opened",
+                   "rounds_walked", "seconds")}}
     done = [entry for entry in repository.audit_entries(info.run_id, event=COMPLETED_EVENT)
             if entry.payload.get("request_id") == info.id]
     if not done:
