@@ -296,14 +296,16 @@ def _worst(results: list[dict], rule: str) -> dict:
 
 def _print(label: str, results: list[dict]) -> None:
     print(f"\n== {label} ==")
-    header = f"{'scenario':<36} {'rule':<18} {'attack':>7} {'gap':>7} {'dom gap':>8} {'test gap':>9} {'dist':>6}"
+    header = (f"{'scenario':<36} {'rule':<18} {'attack':>7} {'gap':>7} {'dom gap':>8} {'test gap':>9} {'dist':>6} "
+              f"{'vs retrain':>11}")
     print(header)
     for result in results:
         for rule, row in result["rows"].items():
             attack = "" if row["attack_success"] is None else f"{row['attack_success']:.3f}"
             gap = "" if row["attack_gap"] is None else f"{row['attack_gap']:+.1f}"
+            speedup = "" if not row["speedup"] else f"{row['speedup']:.0f}x faster"
             print(f"{result['scenario']['name']:<36} {rule:<18} {attack:>7} {gap:>7} {row['dominant_gap']:>+8.1f} "
-                  f"{row['test_gap']:>+9.1f} {row['distance_ratio']:>6.2f}")
+                  f"{row['test_gap']:>+9.1f} {row['distance_ratio']:>6.2f} {speedup:>11}")
         ref = result["retrained"]
         attack = "" if ref["attack_success"] is None else f"{ref['attack_success']:.3f}"
         print(f"{'':<36} {'(retrained)':<18} {attack:>7}   (test {ref['test_accuracy']:.3f}, "
