@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -72,6 +73,29 @@ def _render_requests(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _verify_and_report(repository, report: dict, trainer, as_json: bool) -> None:
+    """Compare the deletion's model version with the oracle (a scratch retraining) and add the
+    verification to ``report``; a failure says the deletion itself is finished and can be re-verified."""
+    from cli.main import fedvault_error_types
+    from federation.oracle_verification import verification_payload, verify_model_version
+    from unlearning.errors import UnlearningError
+
+    try:
+        verification, oracle = verify_model_version(repository, report["run_id"], report["client_id"],
+                                                    report["model_version"], trainer)
+    except fedvault_error_types() as error:
+        if as_json:
+            click.echo(json.dumps({**report, "verification_error": str(error)}, indent=2, sort_keys=True))
+        raise UnlearningError(
+            f"request {report['request_id']} is finished (model version {report['model_version']}), but its "
+            f"verification failed: {error}; run the same command again to retry it (the deletion is "
+            "not repeated)") from error
+    report["verification"] = {**verification_payload(verification), "oracle_rounds": oracle.rounds_run,
+                              "oracle_start_round": oracle.start_round, "oracle_seconds": oracle.seconds}
+    if not as_json:
+        click.echo("\n".join(_render_verification(report["verification"], oracle)))
+
+
 @click.command()
 @click.option("--run", "run_id", type=int, required=True, help="The run to unlearn from.")
 @click.option("--client", "client_id", type=int, required=True, help="The client to remove.")
@@ -125,14 +149,12 @@ def unlearn(run_id, client_id, key_file, method, rule, heal_rounds, alpha, theta
     again after a crash resumes the request; after success it reports the finished request.
     --cancel ends an open request that is not to be resumed.
     """
-    from federation.keystore import load_keys, run_state_tag
-    from federation.oracle_verification import verification_payload, verify_model_version
+    from federation.keystore import KeyFileError, load_keys, run_state_tag
     from federation.retraining import CoordinatorTrainer
+    from federation.run_secrets import RunSecretDestroyedError, destroy_run_history_secret, run_history_secret
     from storage.repositories import Repository
     from unlearning.chain_file import chain_path, delete_chain_state
-    from cli.main import fedvault_error_types
     from unlearning.deletion import UnlearningSettings, cancel_deletion_request, unlearn_client
-    from unlearning.errors import UnlearningError
     from unlearning.requests import sign_deletion_request
     from unlearning.rules import DEFAULT_ALPHA, DEFAULT_THETA
 
@@ -164,29 +186,38 @@ def unlearn(run_id, client_id, key_file, method, rule, heal_rounds, alpha, theta
                                   alpha=DEFAULT_ALPHA if alpha is None else alpha,
                                   theta=DEFAULT_THETA if theta is None else theta)
     trainer = CoordinatorTrainer(key_path.parent, workers=workers)
-    request = sign_deletion_request(keys.identity, keys.history_secret, run_id, client_id)
     with Repository.open(db) as repository:
-        outcome = unlearn_client(repository, request, settings=settings, trainer=trainer)
-        # The client forgets its last reconstruction.
         run_tag = run_state_tag(run_id, repository.get_run(run_id).created_at)
+        try:  # this run's history secret only (federation.run_secrets): no other run's records open
+            secret = run_history_secret(key_path, keys, run_id, run_tag, create=False)
+        except RunSecretDestroyedError as error:  # destroyed after an earlier, finished deletion
+            done = [r for r in repository.list_deletion_requests(run_id, client_id) if r.state == "shredded"]
+            if not done:
+                raise click.UsageError(str(error)) from None
+            report = {"run_id": run_id, "client_id": client_id, "request_id": done[-1].id,
+                      "model_version": done[-1].details["model_version"], "already_done": True,
+                      "history_secret_destroyed": True}
+            if not as_json:
+                click.echo(f"client {client_id} was already unlearned by request {done[-1].id}; its history "
+                           f"secret for run {run_id} was destroyed after the shredding")
+            if verify:  # a verification that failed after the deletion is retried on its model version
+                _verify_and_report(repository, report, trainer, as_json)
+            if as_json:
+                click.echo(json.dumps(report, indent=2, sort_keys=True))
+            return
+        except KeyFileError as error:
+            raise click.UsageError(str(error)) from None
+        request = sign_deletion_request(keys.identity, secret, run_id, client_id)
+        outcome = unlearn_client(repository, request, settings=settings, trainer=trainer)
+        # The client forgets its last reconstruction and destroys this run's history secret.
         delete_chain_state(chain_path(key_path, run_tag))
+        if destroy_run_history_secret(key_path, run_tag, when=datetime.now(UTC).isoformat(timespec="seconds")) \
+                and not as_json:
+            click.echo(f"client {client_id}: history secret for run {run_id} destroyed (records shredded)")
         report = dict(outcome.__dict__)
         if not as_json:
             click.echo("\n".join(_render_outcome(outcome, key_path)))
         if verify:
-            try:
-                verification, oracle = verify_model_version(repository, run_id, client_id, outcome.model_version,
-                                                            trainer)
-            except fedvault_error_types() as error:
-                if as_json:
-                    click.echo(json.dumps({**report, "verification_error": str(error)}, indent=2, sort_keys=True))
-                raise UnlearningError(
-                    f"request {outcome.request_id} is finished (model version {outcome.model_version}), but its "
-                    f"verification failed: {error}; run the same command again to retry it (the deletion is "
-                    "not repeated)") from error
-            report["verification"] = {**verification_payload(verification), "oracle_rounds": oracle.rounds_run,
-                                      "oracle_start_round": oracle.start_round, "oracle_seconds": oracle.seconds}
-            if not as_json:
-                click.echo("\n".join(_render_verification(report["verification"], oracle)))
+            _verify_and_report(repository, report, trainer, as_json)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))

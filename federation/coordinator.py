@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from federation.authority import create_authority_key, load_authority_key, sign_directory
+from federation.client_policy import ClientPolicy
 from federation.client_runtime import ClientFactory, TrainReport
 from federation.cohort_replay import CohortReplay
 from federation.config import CUSTOM, RunConfig
@@ -78,6 +80,15 @@ class RunSummary:
         return completed[-1].accuracy if completed else float("nan")
 
 
+def simulation_authority(key_directory: Path):
+    """The simulated operator's authority key, ``authority.key`` in the key folder (created 0600
+    on first use; the same key signs the directory again when a run resumes)."""
+    path = Path(key_directory) / "authority.key"
+    if path.exists() or path.is_symlink():
+        return load_authority_key(path)
+    return create_authority_key(path)
+
+
 class Coordinator:
     """Runs (or resumes) one federated run against a repository.
 
@@ -89,13 +100,17 @@ class Coordinator:
     (:class:`federation.cohort_replay.CohortReplay`) gives each round's cohort instead of a sample,
     with no simulated dropouts. ``workload`` trains a user's own model
     and per-client data (:class:`federation.workload.Workload`) instead of the config's named
-    ones; a run made with a workload resumes only with it.
+    ones; a run made with a workload resumes only with it. The coordinator also plays the
+    operator's enrolment authority: its key (``authority.key`` in ``key_directory``, kept across
+    resumes) signs the run's directory, which every client checks against the key it pinned.
+    ``client_policy``: every simulated client's own policy (default: ``ClientPolicy.accepting``
+    of the run's config), enforced by the same checks as a networked client's.
     """
 
     def __init__(self, config: RunConfig, repository: Repository, *, key_directory: Path,
                  run_id: int | None = None, name: str | None = None, exclude_clients: Collection[int] = (),
                  initial_parameters: np.ndarray | None = None, workload: Workload | None = None,
-                 replay: CohortReplay | None = None) -> None:
+                 replay: CohortReplay | None = None, client_policy: ClientPolicy | None = None) -> None:
         self.repository = repository
         if replay is not None and (run_id is not None or not isinstance(replay, CohortReplay)):
             raise ResumeError("replay must be a CohortReplay, and it starts a new run (a replay is never resumed)")
@@ -150,6 +165,8 @@ class Coordinator:
                 repository.save_checkpoint(self.run_id, CheckpointWrite(
                     {"flat": self.model.flat()}, codec="raw", source="initial", round_index=-1))
         self._simulation = np.random.default_rng(self.config.seed)  # dropouts/sampling: simulation only
+        self.authority = simulation_authority(self.key_directory)
+        self.client_policy = client_policy
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -168,7 +185,13 @@ class Coordinator:
         for client_id, (public_key, _) in answers.items():
             if enrolled.get(client_id) != public_key:
                 raise ResumeError(f"client {client_id}'s key file does not match its enrolled identity key")
-        pool.call("set_directory", {client_id: (enrolled,) for client_id in ids})
+        # The simulation's operator signs the directory with its authority key; every client
+        # checks it against the key it pinned, as a networked client does (federation.authority).
+        signed = sign_directory(self.authority, self.run_id, 1, enrolled)
+        refused = [a for a in pool.call("set_directory", {client_id: (signed,) for client_id in ids}).values()
+                   if isinstance(a, ClientFailure)]
+        if refused:
+            raise ResumeError(f"client {refused[0].client_id} refused the directory: {refused[0].message}")
         return enrolled
 
     def _restore(self) -> None:
@@ -192,7 +215,8 @@ class Coordinator:
         summary = RunSummary(self.run_id, self.config, parameters=self.dimension, bits=self.bits,
                              lattice=self.config.lattice, float32_update_bytes=4 * self.dimension)
         self._restore()
-        factory = ClientFactory(self.config, self.run_id, str(self.key_directory), self.run_tag, self.workload)
+        factory = ClientFactory(self.config, self.run_id, str(self.key_directory), self.run_tag, self.workload,
+                                authority_public_key=self.authority.public_bytes, policy=self.client_policy)
         self.repository.set_run_status(self.run_id, "running")
         stop = self.config.rounds if max_rounds is None else min(self.config.rounds, self.start_round + max_rounds)
         with WorkerPool(factory, range(self.config.clients), workers=self.config.workers) as pool:

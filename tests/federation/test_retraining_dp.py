@@ -17,6 +17,7 @@ from federation.keystore import load_keys
 from federation.oracle_verification import VERIFIED_EVENT, verify_model_version
 from federation.privacy_plan import noise_floor
 from federation.retraining import CoordinatorTrainer
+from federation.run_secrets import stored_run_history_secret
 from storage import Repository
 from unlearning.deletion import UnlearningSettings, current_model, unlearn_client
 from unlearning.deletion_errors import RetrainError
@@ -64,9 +65,10 @@ def _snapshot(repository, keys):
             [(c.client_id, c.status) for c in repository.list_clients(1)])
 
 
-def _request(keys, client=CLIENT):
+def _request(keys, repository, client=CLIENT):
     identity = load_keys(keys / f"client-{client}.key")
-    return sign_deletion_request(identity.identity, identity.history_secret, 1, client)
+    secret = stored_run_history_secret(keys / f"client-{client}.key", identity, repository, 1)
+    return sign_deletion_request(identity.identity, secret, 1, client)
 
 
 def test_the_oracle_of_a_dp_run_replays_its_cohorts_below_the_survivor_floor_and_touches_nothing(tight_template,
@@ -86,7 +88,7 @@ def test_the_oracle_of_a_dp_run_replays_its_cohorts_below_the_survivor_floor_and
 def test_verifying_a_dp_deletion_writes_only_its_audit_entry(tight_template, tmp_path):
     repository, keys = _copy(tight_template, tmp_path)
     with repository:
-        outcome = unlearn_client(repository, _request(keys))
+        outcome = unlearn_client(repository, _request(keys, repository))
         before, audit = _snapshot(repository, keys), repository.audit_entries(1)
         report, oracle = verify_model_version(repository, 1, CLIENT, outcome.model_version, CoordinatorTrainer(keys))
         assert oracle.rounds_completed == 2 and report.retrained.test_accuracy > 0.2  # chance is 0.1
@@ -106,7 +108,7 @@ def test_releasing_retraining_on_spent_budgets_fails_the_request_with_the_reason
     with repository:
         before = _snapshot(repository, keys)
         with pytest.raises(RetrainError, match=reason):
-            unlearn_client(repository, _request(keys), settings=settings, trainer=CoordinatorTrainer(keys))
+            unlearn_client(repository, _request(keys, repository), settings=settings, trainer=CoordinatorTrainer(keys))
         (request,) = repository.list_deletion_requests(1, CLIENT)
         assert request.state == "failed" and request.reason.startswith(f"RetrainError: {reason}")
         rounds, checkpoints, ledger, _, files, clients = _snapshot(repository, keys)
@@ -118,7 +120,7 @@ def test_healing_on_a_larger_budget_is_charged_after_the_runs_rounds_and_complet
     repository, keys = _copy(roomy_template, tmp_path)
     with repository:
         before = len(repository.ledger_entries(1))
-        outcome = unlearn_client(repository, _request(keys), settings=UnlearningSettings(heal_rounds=2),
+        outcome = unlearn_client(repository, _request(keys, repository), settings=UnlearningSettings(heal_rounds=2),
                                  trainer=CoordinatorTrainer(keys))
         assert repository.get_deletion_request(outcome.request_id).state == "shredded"
         added = repository.ledger_entries(1)[before:]
@@ -133,7 +135,7 @@ def test_retraining_as_the_deletion_method_on_a_larger_budget_stores_a_charged_m
     repository, keys = _copy(roomy_template, tmp_path)
     with repository:
         before = len(repository.ledger_entries(1))
-        outcome = unlearn_client(repository, _request(keys), settings=UnlearningSettings(method="retrain"),
+        outcome = unlearn_client(repository, _request(keys, repository), settings=UnlearningSettings(method="retrain"),
                                  trainer=CoordinatorTrainer(keys))
         assert outcome.method == "retrain" and outcome.rounds_walked == 2
         assert len(repository.ledger_entries(1)) > before and repository.verify_ledger(1).ok

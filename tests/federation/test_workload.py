@@ -167,6 +167,7 @@ def test_a_dp_deletion_on_a_workload_run_is_verified_against_its_own_oracle(tmp_
     from federation.keystore import load_keys
     from federation.oracle_verification import VERIFIED_EVENT, verify_model_version
     from federation.retraining import CoordinatorTrainer
+    from federation.run_secrets import stored_run_history_secret
     from unlearning.deletion import unlearn_client
     from unlearning.errors import UnlearningInputError
     from unlearning.requests import sign_deletion_request
@@ -177,8 +178,8 @@ def test_a_dp_deletion_on_a_workload_run_is_verified_against_its_own_oracle(tmp_
         coordinator = Coordinator(config, repository, key_directory=tmp_path / "keys", workload=workload)
         coordinator.run()
         keys = load_keys(tmp_path / "keys" / "client-0.key")
-        outcome = unlearn_client(repository, sign_deletion_request(keys.identity, keys.history_secret,
-                                                                   coordinator.run_id, 0))
+        secret = stored_run_history_secret(tmp_path / "keys" / "client-0.key", keys, repository, coordinator.run_id)
+        outcome = unlearn_client(repository, sign_deletion_request(keys.identity, secret, coordinator.run_id, 0))
         ledger = repository.ledger_entries(coordinator.run_id)
         trainer = CoordinatorTrainer(tmp_path / "keys", workers=1, workload=workload)
         report, oracle = verify_model_version(repository, coordinator.run_id, 0, outcome.model_version, trainer)
