@@ -104,14 +104,23 @@ def _verify_and_report(repository, report: dict, trainer, as_json: bool) -> None
                    "[default: fedvault-out/keys/client-C.key]. Other clients' key files (for retraining "
                    "and healing) are read from the same folder.")
 @click.option("--method", type=click.Choice(["medu", "retrain"]), default="medu", show_default=True,
-              help="medu: open the client's sealed records and apply the Fast-FedUL/MEDU correction "
-                   "(streaming, O(model) memory); retrain: retrain without the client, each round with its "
-                   "own survivors (a new release: charged to the run's ledger, so it fails on spent budgets).")
+              help="medu: open the client's sealed records and apply the --rule correction (streaming, "
+                   "memory independent of the run's length); retrain: retrain without the client, each round "
+                   "with its own survivors (a new release: charged to the run's ledger, so it fails on spent "
+                   "budgets).")
+@click.option("--rule", type=click.Choice(["auto", "calibrated", "fast-fedul"]), default="auto", show_default=True,
+              help="medu's correction. calibrated: subtract the client's updates, renormalize the others' "
+                   "weights and replay their response estimated from the stored aggregates "
+                   "(docs/UNLEARNING.md, 'The correction'); fast-fedul: the fixed per-round shrink "
+                   "of Fast-FedUL (--alpha, --theta); auto: calibrated unless the run's aggregates "
+                   "carry DP noise, then fast-fedul.")
 @click.option("--heal-rounds", type=int, default=0, show_default=True,
               help="Federated rounds of the remaining clients after the correction (medu only; charged to the "
                    "run's ledger).")
-@click.option("--alpha", type=float, default=None, help="Fast-FedUL contraction α [default: 0.07].")
-@click.option("--theta", type=float, default=None, help="Fast-FedUL correction scale θ [default: 1].")
+@click.option("--alpha", type=float, default=None,
+              help="Fast-FedUL contraction α, --rule fast-fedul only [default: 0.07].")
+@click.option("--theta", type=float, default=None,
+              help="Fast-FedUL correction scale θ, --rule fast-fedul only [default: 1].")
 @click.option("--verify", is_flag=True, default=False,
               help="Also retrain without the client in a scratch space (the run's own cohorts, nothing of "
                    "the run written but the verification's audit entry) and compare: test accuracy, accuracy "
@@ -128,8 +137,8 @@ def _verify_and_report(repository, report: dict, trainer, as_json: bool) -> None
 @click.option("--workers", type=int, default=None, help="Worker processes for retraining/healing [default: the run's].")
 @database_option
 @json_option
-def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, verify, cancel, show_status, reason,
-            workers, db, as_json):
+def unlearn(run_id, client_id, key_file, method, rule, heal_rounds, alpha, theta, verify, cancel, show_status,
+            reason, workers, db, as_json):
     """Remove a client's contribution from a run's model and shred its history.
 
     The client signs the request with its enrolled identity key and releases its history secret;
@@ -171,7 +180,9 @@ def unlearn(run_id, client_id, key_file, method, heal_rounds, alpha, theta, veri
     keys = load_keys(key_path)
     if keys.client_id != client_id:
         raise click.UsageError(f"{key_path} holds client {keys.client_id}'s keys, not client {client_id}'s")
-    settings = UnlearningSettings(method=method, heal_rounds=heal_rounds,
+    if rule == "calibrated" and (alpha is not None or theta is not None):
+        raise click.UsageError("--alpha and --theta apply to --rule fast-fedul (or auto on a DP run)")
+    settings = UnlearningSettings(method=method, rule=rule, heal_rounds=heal_rounds,
                                   alpha=DEFAULT_ALPHA if alpha is None else alpha,
                                   theta=DEFAULT_THETA if theta is None else theta)
     trainer = CoordinatorTrainer(key_path.parent, workers=workers)

@@ -114,6 +114,16 @@ def test_healing_is_refused_for_the_retrain_method(trained):
     assert result.exit_code == 2 and "heal_rounds applies to method 'medu'" in result.output
 
 
+def test_fast_fedul_settings_with_the_calibrated_rule_are_a_usage_error(trained):
+    run_id, db, _ = trained
+    with Repository.open(str(db)) as repository:
+        before = repository.audit_head(run_id)
+    result = _unlearn(trained, 2, "--rule", "calibrated", "--alpha", "0.1")
+    assert result.exit_code == 2 and "--alpha and --theta apply to --rule fast-fedul" in result.output
+    with Repository.open(str(db)) as repository:
+        assert repository.audit_head(run_id) == before  # nothing was written
+
+
 def test_status_and_cancel_end_a_request_that_a_crash_left_open(trained, monkeypatch):
     import unlearning.deletion as deletion
     from unlearning.deletion import unlearn_client
