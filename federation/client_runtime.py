@@ -14,6 +14,7 @@ and in local mode only its ε-LDP release.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,10 +65,16 @@ class ClientFactory:
     key_directory: str
     run_tag: str | None = None
     workload: Workload | None = None  # a user's model and data (federation.workload)
+    # (client_id, learner) -> learner: replaces some clients' local learning, e.g. the crafted
+    # updates of an audit's canary clients (federation.canaries); everything after it is unchanged
+    learner_override: Callable | None = None
 
     def __call__(self, client_id: int) -> ClientRuntime:
-        return ClientRuntime(client_id, self.config, self.run_id, Path(self.key_directory), run_tag=self.run_tag,
-                             workload=self.workload)
+        runtime = ClientRuntime(client_id, self.config, self.run_id, Path(self.key_directory), run_tag=self.run_tag,
+                                workload=self.workload)
+        if self.learner_override is not None:
+            runtime.learner = self.learner_override(client_id, runtime.learner)
+        return runtime
 
 
 class ClientRuntime:

@@ -86,13 +86,17 @@ class Coordinator:
     ``initial_parameters`` ((d,) float32) instead of the seeded initial model (stored exactly as
     its round -1 checkpoint, so the run resumes from it). ``workload`` trains a user's own model
     and per-client data (:class:`federation.workload.Workload`) instead of the config's named
-    ones; a run made with a workload resumes only with it.
+    ones; a run made with a workload resumes only with it. ``learner_override``
+    ((client_id, learner) -> learner, picklable) replaces some clients' local learning and
+    nothing else (an empirical audit's canary clients: :mod:`federation.canaries`).
     """
 
     def __init__(self, config: RunConfig, repository: Repository, *, key_directory: Path,
                  run_id: int | None = None, name: str | None = None, exclude_clients: Collection[int] = (),
-                 initial_parameters: np.ndarray | None = None, workload: Workload | None = None) -> None:
+                 initial_parameters: np.ndarray | None = None, workload: Workload | None = None,
+                 learner_override: Callable | None = None) -> None:
         self.repository = repository
+        self.learner_override = learner_override
         self.key_directory = Path(key_directory)
         if run_id is None:
             self.config = workload.bind(config) if workload is not None else config
@@ -184,7 +188,8 @@ class Coordinator:
         summary = RunSummary(self.run_id, self.config, parameters=self.dimension, bits=self.bits,
                              lattice=self.config.lattice, float32_update_bytes=4 * self.dimension)
         self._restore()
-        factory = ClientFactory(self.config, self.run_id, str(self.key_directory), self.run_tag, self.workload)
+        factory = ClientFactory(self.config, self.run_id, str(self.key_directory), self.run_tag, self.workload,
+                                self.learner_override)
         self.repository.set_run_status(self.run_id, "running")
         stop = self.config.rounds if max_rounds is None else min(self.config.rounds, self.start_round + max_rounds)
         with WorkerPool(factory, range(self.config.clients), workers=self.config.workers) as pool:
