@@ -21,10 +21,12 @@ FLAGGED_EXIT_CODE = 1
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML file with any of the run settings below (as for `fedvault run`); flags override it.")
 @config_options
-@click.option("--canaries", type=click.IntRange(min=2), default=100, show_default=True,
+@click.option("--canaries", type=click.IntRange(min=2), default=80, show_default=True,
               help="Canary clients added to --clients. Each is included with probability 1/2 (a coin from the OS "
                    "CSPRNG the auditor keeps) and then uploads a crafted update along its own model coordinate; "
-                   "more canaries give a tighter bound and a longer run.")
+                   "more canaries give a tighter bound and a longer run. Canaries are clients of the run, so the "
+                   "data split covers them too (a Dirichlet split needs 10 samples per client: use --split iid "
+                   "for many canaries on small data).")
 @click.option("--canary-norm", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Norm of a canary's crafted update before the client clips it (default: twice --clip).")
 @click.option("--confidence", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.95,

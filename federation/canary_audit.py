@@ -65,6 +65,16 @@ class CanaryAuditReport:
     def flagged(self) -> bool:
         return self.audit.epsilon_lower_bound > self.accounted_epsilon
 
+    @property
+    def separation(self) -> float | None:
+        """(mean IN score - mean OUT score) / std of the OUT scores: the canaries' measured
+        signal-to-noise (μ of the Gaussian the scores resemble); None with fewer than 2 of either."""
+        included = np.asarray(self.plan.included)
+        inside, outside = self.scores[included], self.scores[~included]
+        if inside.size < 2 or outside.size < 2:
+            return None
+        return float((inside.mean() - outside.mean()) / outside.std(ddof=1))
+
     def as_json(self) -> dict:
         included = np.asarray(self.plan.included)
         return {
@@ -83,6 +93,7 @@ class CanaryAuditReport:
             "final_accuracy": self.final_accuracy,
             "mean_score_in": float(self.scores[included].mean()) if included.any() else None,
             "mean_score_out": float(self.scores[~included].mean()) if (~included).any() else None,
+            "separation": self.separation,
             "config": self.config.to_dict(),
         }
 
