@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "history": "cli.history:history",
     "serve": "cli.serve:serve",
     "client": "cli.client:client",
+    "authority": "cli.authority:authority",
     "unlearn": "cli.unlearn:unlearn",
 }
 

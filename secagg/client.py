@@ -86,8 +86,10 @@ class SecAggClient:
     Args:
         client_id: this client's id (must be in the round's ``client_ids``).
         identity: this client's Ed25519 identity key (signs its key advertisement).
-        identity_keys: the enrolled Ed25519 public keys of the other clients, by id (from
-            enrolment, not from the server), used to verify the neighbours' advertisements.
+        identity_keys: the Ed25519 public keys of the other clients, by id, used to verify the
+            neighbours' advertisements. They reach a client through the server, so they protect
+            nothing unless the caller verified them: ``federation.client_runtime`` uses only a
+            directory signed by the enrolment authority it pinned (``federation.authority``).
 
     Usage: ``handle`` each server message in order and send back the returned bytes; call
     ``set_input`` after the first message (the config, and so m and b, is known from then on)

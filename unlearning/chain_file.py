@@ -77,15 +77,9 @@ def save_chain_state(path: str | os.PathLike[str], state: ChainState) -> None:
         arrays.update(pending_arrays)
     buffer = io.BytesIO()
     np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(descriptor, buffer.getvalue())
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
+    from federation.keystore import write_private_file  # mkstemp, 0600, fsync, rename (no planted temp file)
+
+    write_private_file(path, buffer.getvalue())
 
 
 def _chain(meta: object, arrays, name: str, dimension: int) -> RecordChain:

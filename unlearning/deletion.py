@@ -1,10 +1,19 @@
 """The deletion flow: remove one client's contribution from a run's model (docs/ALGORITHMS.md §6.4).
 
 Steps, each persisted by the deletion-request state machine of ``storage`` (requested → opened →
-unlearned → shredded), so running :func:`unlearn_client` again after a crash at any point resumes
-where it stopped and reaches the same model bits (the correction is deterministic; healing and
-retraining train again, with fresh round seeds, when they are resumed before their model was
-stored):
+unlearned → shredded, or failed with a reason). Every request ends (docs/UNLEARNING.md, "The life
+of a deletion request"):
+
+- an **error** (any exception) while the request is ``requested`` or ``opened`` moves it to
+  ``failed`` with the error as its reason and is raised: nothing was applied (the new model
+  version is stored atomically with ``unlearned``), and a new request may follow;
+- an error once it is ``unlearned`` leaves it there: the model without the client is stored,
+  shredding needs no training and no secret, and running :func:`unlearn_client` again finishes it;
+- a **crash** (the process killed, ``KeyboardInterrupt``) leaves the request where it stopped;
+  running :func:`unlearn_client` again resumes it and reaches the same model bits (the correction
+  is deterministic; healing and retraining train again, with fresh round seeds, when they are
+  resumed before their model was stored), and :func:`cancel_deletion_request` fails a request
+  still ``requested`` or ``opened`` that is not to be resumed.
 
 1. **authenticate** the signed request against the client's enrolled key, its freshness, and the
    released secret against the stored commitment (``unlearning.requests``); a refused request
@@ -24,8 +33,9 @@ stored):
 6. **audit**: append ``unlearning.completed`` (once per request).
 
 The released secret lives only in memory for the call: it is never stored, logged or audited.
-Training (healing, retraining) is delegated to a :class:`RemainingClientsTrainer` (the real
-coordinator: ``unlearning.retrain.CoordinatorTrainer``), so this module needs only storage.
+Training (healing, retraining) is delegated to a :class:`RemainingClientsTrainer` that the caller
+passes in (the real coordinator: ``federation.retraining.CoordinatorTrainer``, built by the CLI),
+so this module needs only storage and never imports ``federation``.
 """
 
 from __future__ import annotations
@@ -41,22 +51,8 @@ import numpy as np
 from storage.entities import CheckpointWrite, DeletionRequestInfo, RoundInfo
 from storage.errors import ClientNotFoundError
 from storage.repositories import Repository
-from unlearning.deletion_errors import (
-    ClientNotActiveError,
-    DeletionRequestError,
-    IncompleteHistoryError,
-    RetrainError,
-)
-from unlearning.errors import (
-    BrokenChainError,
-    HistorySecretError,
-    MalformedRecordError,
-    RecordAuthenticationError,
-    RecordBoundError,
-    UnlearningConfigurationError,
-    UnlearningError,
-    UnlearningInputError,
-)
+from unlearning.deletion_errors import ClientNotActiveError, DeletionRequestError, IncompleteHistoryError
+from unlearning.errors import UnlearningConfigurationError, UnlearningError, UnlearningInputError
 from unlearning.history_policy import HistoryPolicy
 from unlearning.records import RecordConfig, open_history
 from unlearning.requests import DEFAULT_MAX_AGE_SECONDS, DeletionRequest, authenticate_deletion_request
@@ -65,11 +61,10 @@ from unlearning.run_records import run_record_config
 
 METHODS = ("medu", "retrain")
 COMPLETED_EVENT = "unlearning.completed"
-#: Errors after which the request cannot succeed as made: it moves to ``failed`` (a new
-#: request, e.g. with ``method="retrain"`` or without healing, may follow). Anything else (a
-#: crash, a locked database) leaves it where it was, to be resumed.
-_PERMANENT_ERRORS = (IncompleteHistoryError, BrokenChainError, RecordAuthenticationError, RecordBoundError,
-                     MalformedRecordError, HistorySecretError, RetrainError)
+#: The states a request can be failed from without undoing anything: before ``unlearned`` no
+#: model version of it exists.
+_FAILABLE_STATES = ("requested", "opened")
+CANCELLED_PREFIX = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -295,8 +290,9 @@ def _begin(repository: Repository, request: DeletionRequest, settings: Unlearnin
     stored = {key: info.details.get(key) for key in settings.as_details()}
     if stored != settings.as_details():
         raise DeletionRequestError(
-            f"deletion request {info.id} is in progress with settings {stored}; resume it with the same "
-            "settings (it is idempotent)")
+            f"deletion request {info.id} is in progress ({info.state}) with settings {stored}; resume it with the "
+            f"same settings (it is idempotent), or cancel it (fedvault unlearn --run {info.run_id} "
+            f"--client {info.client_id} --cancel) and ask again")
     return info
 
 
@@ -361,9 +357,9 @@ def unlearn_client(repository: Repository, request: DeletionRequest, *,
     trainer: required for ``method="retrain"`` and for healing rounds. now: the server clock for
     the freshness check (Unix seconds; default now).
     Raises (with nothing changed): RequestSignatureError, StaleRequestError, HistorySecretError,
-    ClientNotActiveError, DeletionRequestError. After the request exists, an error that can never
-    pass (IncompleteHistoryError, a record that fails to authenticate or decode) moves it to
-    ``failed`` and is raised; any other error leaves it to be resumed by calling again.
+    ClientNotActiveError, DeletionRequestError. After the request exists, any error before its
+    model is stored moves it to ``failed`` (reason: the error) and is raised, with nothing applied;
+    an error after that leaves it ``unlearned``, finished by calling again (module docstring).
     """
     if not isinstance(repository, Repository):
         raise UnlearningInputError(f"repository must be a storage Repository, got {type(repository).__name__}")
@@ -372,7 +368,7 @@ def unlearn_client(repository: Repository, request: DeletionRequest, *,
     if trainer is None and (settings.method == "retrain" or settings.heal_rounds):
         raise UnlearningConfigurationError(
             "retraining and healing rounds train the remaining clients: pass trainer= "
-            "(unlearning.retrain.CoordinatorTrainer)")
+            "(federation.retraining.CoordinatorTrainer)")
     started = time.perf_counter()
     _authenticate(repository, request, settings, now)
     run_id, client_id = request.run_id, request.client_id
@@ -386,13 +382,48 @@ def unlearn_client(repository: Repository, request: DeletionRequest, *,
             info = _open(repository, info)
         if info.state == "opened":
             info = _unlearn(repository, info, request.history_secret, settings, trainer)
-    except _PERMANENT_ERRORS as error:
-        repository.transition_deletion_request(info.id, "failed", reason=f"{type(error).__name__}: {error}")
+    except Exception as error:  # fail closed: whatever went wrong, the request ends here
+        _fail(repository, info.id, f"{type(error).__name__}: {error}", error)
         raise
     if info.state == "unlearned":
         info = _shred(repository, info)
     payload = _record_completion(repository, info)
     return _outcome(info, payload, started, resumed=resumed, already_done=False)
+
+
+def _fail(repository: Repository, request_id: int, reason: str, error: Exception) -> None:
+    """Move the request to ``failed`` unless its model is already stored (then it stays
+    ``unlearned``, to be finished). If even that write fails, the request stays where it was
+    (resumable or cancellable) and the note on ``error`` says why."""
+    try:
+        current = repository.get_deletion_request(request_id)
+        if current.state in _FAILABLE_STATES:
+            repository.transition_deletion_request(request_id, "failed", reason=reason)
+    except Exception as storing:  # noqa: BLE001 - reported with the original error, which is raised
+        error.add_note(f"deletion request {request_id} could not be marked failed ({type(storing).__name__}: "
+                       f"{storing}); resume it with the same command or cancel it with --cancel")
+
+
+def cancel_deletion_request(repository: Repository, run_id: int, client_id: int, *,
+                            reason: str = "by the operator") -> DeletionRequestInfo:
+    """End the client's open request that is not to be resumed: ``requested`` or ``opened`` →
+    ``failed`` with reason ``"cancelled: <reason>"`` (audited as ``deletion.failed``). Nothing was
+    applied in those states, so nothing needs undoing; the client stays active and may ask again.
+
+    Raises DeletionRequestError when the client has no open request, or when it is ``unlearned``
+    (its model without the client is stored: it cannot be taken back, only finished by resuming).
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise UnlearningInputError("a cancellation needs a non-empty reason")
+    info = repository.open_deletion_request(run_id, client_id)
+    if info is None:
+        raise DeletionRequestError(f"client {client_id} of run {run_id} has no open deletion request to cancel")
+    if info.state not in _FAILABLE_STATES:
+        raise DeletionRequestError(
+            f"deletion request {info.id} is {info.state}: model version {info.details.get('model_version')} without "
+            "the client is stored and cannot be taken back; finish it by running the same unlearn command again "
+            "(shredding needs no training)")
+    return repository.transition_deletion_request(info.id, "failed", reason=f"{CANCELLED_PREFIX}: {reason.strip()}")
 
 
 def _finished(repository: Repository, run_id: int, client_id: int, started: float) -> DeletionOutcome:

@@ -52,7 +52,7 @@ def _plan(setting, round_index):
 
 
 def _open(runtime, setting, sealed, round_index, previous=None):
-    secret = runtime.keys.history_secret
+    secret = runtime.history_secret  # this run's secret (federation.run_secrets)
     return open_record(sealed, history_secret=secret, commitment=history_commitment(RUN_ID, CLIENT, secret),
                        run_id=RUN_ID, client_id=CLIENT, round_index=round_index, config=setting[4], previous=previous)
 
