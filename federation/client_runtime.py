@@ -22,6 +22,7 @@ answer) that is weaker than it accepts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,11 +80,17 @@ class ClientFactory:
     workload: Workload | None = None  # a user's model and data (federation.workload)
     authority_public_key: bytes | None = None  # the enrolment authority every client pins
     policy: ClientPolicy | None = None  # every client's own policy (None: ClientPolicy.accepting(config))
+    # (client_id, learner) -> learner: replaces some clients' local learning, e.g. the crafted
+    # updates of an audit's canary clients (federation.canaries); everything after it is unchanged
+    learner_override: Callable | None = None
 
     def __call__(self, client_id: int) -> ClientRuntime:
-        return ClientRuntime(client_id, self.config, self.run_id, Path(self.key_directory), run_tag=self.run_tag,
-                             workload=self.workload, authority_public_key=self.authority_public_key,
-                             policy=self.policy)
+        runtime = ClientRuntime(client_id, self.config, self.run_id, Path(self.key_directory), run_tag=self.run_tag,
+                                workload=self.workload, authority_public_key=self.authority_public_key,
+                                policy=self.policy)
+        if self.learner_override is not None:
+            runtime.learner = self.learner_override(client_id, runtime.learner)
+        return runtime
 
 
 class ClientRuntime:

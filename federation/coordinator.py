@@ -105,13 +105,18 @@ class Coordinator:
     resumes) signs the run's directory, which every client checks against the key it pinned.
     ``client_policy``: every simulated client's own policy (default: ``ClientPolicy.accepting``
     of the run's config), enforced by the same checks as a networked client's.
+    ``learner_override`` ((client_id, learner) -> learner, picklable) replaces some clients'
+    local learning and nothing else (an empirical audit's canary clients:
+    :mod:`federation.canaries`).
     """
 
     def __init__(self, config: RunConfig, repository: Repository, *, key_directory: Path,
                  run_id: int | None = None, name: str | None = None, exclude_clients: Collection[int] = (),
                  initial_parameters: np.ndarray | None = None, workload: Workload | None = None,
-                 replay: CohortReplay | None = None, client_policy: ClientPolicy | None = None) -> None:
+                 replay: CohortReplay | None = None, client_policy: ClientPolicy | None = None,
+                 learner_override: Callable | None = None) -> None:
         self.repository = repository
+        self.learner_override = learner_override
         if replay is not None and (run_id is not None or not isinstance(replay, CohortReplay)):
             raise ResumeError("replay must be a CohortReplay, and it starts a new run (a replay is never resumed)")
         self.replay = replay
@@ -216,7 +221,8 @@ class Coordinator:
                              lattice=self.config.lattice, float32_update_bytes=4 * self.dimension)
         self._restore()
         factory = ClientFactory(self.config, self.run_id, str(self.key_directory), self.run_tag, self.workload,
-                                authority_public_key=self.authority.public_bytes, policy=self.client_policy)
+                                authority_public_key=self.authority.public_bytes, policy=self.client_policy,
+                                learner_override=self.learner_override)
         self.repository.set_run_status(self.run_id, "running")
         stop = self.config.rounds if max_rounds is None else min(self.config.rounds, self.start_round + max_rounds)
         with WorkerPool(factory, range(self.config.clients), workers=self.config.workers) as pool:
