@@ -24,6 +24,7 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
@@ -42,6 +43,16 @@ from privacy.events import (
     event_to_json,
 )
 from storage import ChainVerification, ClientInfo, LedgerEntryRead, Repository
+from storage.signed_head import (
+    SignedHeadError,
+    check_signed_head,
+    default_key_path,
+    load_or_create_key,
+    public_key_hex,
+    read_head_file,
+    sign_head,
+    write_head_file,
+)
 
 #: How the report names each accountant of ``privacy.accounting.recompute_epsilon``.
 ACCOUNTANT_NAMES = {
@@ -117,8 +128,20 @@ class ClientBudget:
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, default=False,
               help="Print the per-client table as CSV (verification results go to stderr).")
+@click.option("--export-head", "export_head", type=click.Path(dir_okay=False, writable=True), default=None,
+              metavar="FILE", help="When the audit passes, write the run's audit-log head signed with the server's "
+                                   "Ed25519 key to FILE; keep it outside the database and check it later with "
+                                   "--check-head.")
+@click.option("--check-head", "check_head", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="FILE", help="Verify a head saved earlier by --export-head: its signature, and that the "
+                                   "audit log still extends it (a cut or rewritten log fails the audit).")
+@click.option("--server-key", "server_key", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="The server's Ed25519 signing key (raw, mode 0600; created by --export-head when absent). "
+                   "Default: the SQLite database file's name plus '.audit-key', beside it; required for a "
+                   "database URL.")
 def audit(db: str, run_id: int | None, client_id: int | None, accountant: str, delta: float | None,
-          as_json: bool, as_csv: bool) -> None:
+          as_json: bool, as_csv: bool, export_head: str | None, check_head: str | None,
+          server_key: str | None) -> None:
     """Audit the privacy budgets of a run from its ledger.
 
     For each client: status (active or deleted), rounds charged, ε spent at δ recomputed from the
@@ -126,15 +149,38 @@ def audit(db: str, run_id: int | None, client_id: int | None, accountant: str, d
     the ε the ledger stored for comparison, budget, budget left, mechanisms and streams. Then the
     hash chains of the ledger and the audit log are verified.
 
+    The ledger is also checked against the audit log, which records for every write the count,
+    the SHA-256 and each client's chain head of the ledger rows written: a deleted, truncated or
+    rewritten ledger is named by client, round and what is missing, as is a survivor of a
+    committed round without a charge. A head saved with --export-head pins the whole chain
+    (--check-head), so even a consistent rewrite of log and ledger is caught.
+
     Exit status: 0 when everything verifies; 1 when the audit fails (a stored ε that the ledger's
     accountant does not reproduce to 1e-6 relative, a client over budget, an unreadable event,
-    or a broken hash chain), each failure named; 2 for an error (unknown run or client, no
-    database).
+    a broken hash chain, a ledger that disagrees with the audit log, or a saved head the log no
+    longer extends), each failure named; 2 for an error (unknown run or client, no database).
     """
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
+    if server_key is None:
+        default = default_key_path(db)
+        if default is None and export_head:
+            raise click.UsageError("--server-key FILE is required with a database URL")
+        server_key = None if default is None else str(default)
     with Repository.open(db, create=False) as repository:
-        report = audit_run(repository, run_id=run_id, client_id=client_id, accountant=accountant, delta=delta)
+        report = audit_run(repository, run_id=run_id, client_id=client_id, accountant=accountant, delta=delta,
+                           check_head=check_head, server_key=server_key)
+        if export_head is not None:
+            if not report["ok"]:
+                report["failures"].append(f"head not exported to {export_head}: the audit failed")
+            else:
+                try:
+                    key = load_or_create_key(server_key)
+                except (SignedHeadError, OSError) as error:
+                    raise click.ClickException(f"server signing key: {_one_line(error)}") from None
+                signed = sign_head(key, report["run_id"], repository.audit_head(report["run_id"]))
+                write_head_file(export_head, signed)
+                report["exported_head"] = {"file": export_head, **signed.as_json()}
     if as_json:
         click.echo(json.dumps(report, indent=2))
     elif as_csv:
@@ -151,13 +197,18 @@ def audit(db: str, run_id: int | None, client_id: int | None, accountant: str, d
 
 
 def audit_run(repository: Repository, *, run_id: int | None = None, client_id: int | None = None,
-              accountant: str = "rdp", delta: float | None = None) -> dict[str, Any]:
+              accountant: str = "rdp", delta: float | None = None, check_head: str | None = None,
+              server_key: str | None = None) -> dict[str, Any]:
     """Audit one run (the newest when ``run_id`` is None), or one client of it.
 
     Returns a JSON-ready report with the stable keys ``run_id``, ``run_name``, ``accountant``,
     ``delta`` (the override, or None for each client's own), ``clients`` (one
     :meth:`ClientBudget.as_json` each), ``verification`` (``ledger`` and ``audit_log``: ok,
-    chains, entries, problem), ``failures`` (every problem, one line each) and ``ok``.
+    chains, entries, problem; ``ledger_vs_audit_log``: the ledger cross-checked against the
+    counts, digests, chain heads, cohorts and survivors the audit log records; ``saved_head``:
+    the ``check_head`` file's verdict, None without one), ``failures`` (every problem, one line
+    each) and ``ok``. ``check_head`` is a head file written by ``--export-head``: it must be
+    signed (by ``server_key``'s key when that file exists) and still be a prefix of the log.
     Raises RunNotFoundError / ClientNotFoundError (storage errors) for unknown ids.
     """
     if accountant not in ACCOUNTANTS:
@@ -175,17 +226,35 @@ def audit_run(repository: Repository, *, run_id: int | None = None, client_id: i
                for client in clients]
     ledger = repository.verify_ledger(run.id, client_id)
     audit_log = repository.verify_audit_log(run.id)
+    cross = repository.cross_check_ledger(run.id)
     failures = [f"client {budget.client_id}: {problem}" for budget in budgets for problem in budget.problems]
     for name, verification in (("ledger", ledger), ("audit log", audit_log)):
         if not verification.ok:
             failures.append(f"{name} hash chain broken at {verification.first_bad}")
+    failures.extend(f"ledger against the audit log: {finding}" for finding in cross.findings
+                    if client_id is None or finding.client_id in (None, client_id))
+    head = None
+    if check_head is not None:
+        head = {"file": str(check_head), "ok": True, "problem": None}
+        try:
+            signed = read_head_file(check_head)
+            if signed.run_id != run.id:
+                raise SignedHeadError(f"the head file is for run {signed.run_id}, not run {run.id}")
+            trusted = public_key_hex(load_or_create_key(server_key, create=False)) \
+                if server_key is not None and Path(server_key).exists() else None
+            check_signed_head(repository, signed, trusted)
+            head.update(sequence=signed.head.sequence, signer_checked=trusted is not None)
+        except SignedHeadError as error:
+            head.update(ok=False, problem=_one_line(error))
+            failures.append(f"saved head {check_head}: {_one_line(error)}")
     return {
         "run_id": run.id,
         "run_name": run.name,
         "accountant": accountant,
         "delta": delta,
         "clients": [budget.as_json() for budget in budgets],
-        "verification": {"ledger": _chain_json(ledger), "audit_log": _chain_json(audit_log)},
+        "verification": {"ledger": _chain_json(ledger), "audit_log": _chain_json(audit_log),
+                         "ledger_vs_audit_log": cross.as_json(), "saved_head": head},
         "failures": failures,
         "ok": not failures,
     }
@@ -346,6 +415,20 @@ def verdict_lines(report: Mapping[str, Any]) -> list[str]:
         chain = report["verification"][key]
         state = "ok" if chain["ok"] else f"BROKEN: {chain['problem']}"
         lines.append(f"{label}: {state} ({chain['chains']} {unit}, {chain['entries']} entries verified)")
+    cross = report["verification"]["ledger_vs_audit_log"]
+    state = "ok" if cross["ok"] else f"{len(cross['findings'])} DISAGREEMENT(S)"
+    lines.append(f"ledger against the audit log: {state} ({cross['ledger_rows']} ledger entries, "
+                 f"{cross['audit_entries_checked']} audit entries, {cross['rounds_checked']} rounds with their cohorts "
+                 "and survivors)")
+    head = report["verification"].get("saved_head")
+    if head is not None:
+        state = (f"ok (audit entry #{head['sequence']} still heads a prefix of the log)" if head["ok"]
+                 else f"FAILED: {head['problem']}")
+        lines.append(f"saved head {head['file']}: {state}")
+    if report.get("exported_head"):
+        exported = report["exported_head"]
+        lines.append(f"signed head exported to {exported['file']}: audit entry #{exported['sequence']} "
+                     f"{exported['entry_hash'][:16]}…, key {exported['public_key'][:16]}…")
     if report["ok"]:
         lines.append("audit passed: every stored epsilon reproduced, every client within budget, hash chains intact")
     else:

@@ -168,8 +168,10 @@ def test_json_report_has_the_documented_keys_and_exact_values(ledgers):
     assert set(report) == REPORT_KEYS
     assert (report["run_id"], report["run_name"], report["accountant"], report["delta"]) == (1, "mixed", "rdp", None)
     assert report["ok"] is True and report["failures"] == []
-    assert set(report["verification"]) == {"ledger", "audit_log"}
-    assert all(set(chain) == CHAIN_KEYS and chain["ok"] for chain in report["verification"].values())
+    assert set(report["verification"]) == {"ledger", "audit_log", "ledger_vs_audit_log", "saved_head"}
+    assert report["verification"]["ledger_vs_audit_log"]["ok"] is True and report["verification"]["saved_head"] is None
+    assert all(set(report["verification"][key]) == CHAIN_KEYS and report["verification"][key]["ok"]
+               for key in ("ledger", "audit_log"))
     assert report["verification"]["ledger"]["chains"] == 4  # clients with entries
     assert report["verification"]["ledger"]["entries"] == 12
     clients = {c["client_id"]: c for c in report["clients"]}
@@ -269,19 +271,19 @@ def test_a_stored_epsilon_the_accountant_does_not_reproduce_fails_even_with_inta
     true_epsilon = _running_epsilon([SKELLAM])
     with Repository.open(path, create=False) as repository:
         # Hash-chained correctly by the repository, but the ε it claims is 0.1% low.
-        repository.append_ledger_entries(1, [LedgerEntryWrite(5, 2, "distributed", events.event_to_json(SKELLAM),
+        repository.append_ledger_entries(1, [LedgerEntryWrite(5, 3, "distributed", events.event_to_json(SKELLAM),
                                                               true_epsilon * 0.999, DELTA)])
     report = json.loads(_invoke("--db", path, "--run", "1", "--json").stdout)
     assert report["verification"]["ledger"]["ok"] and report["verification"]["audit_log"]["ok"]
     assert report["ok"] is False
     assert len(report["failures"]) == 1
-    assert report["failures"][0].startswith("client 5: ledger entry #0 (round 2, distributed) stores epsilon_after=")
+    assert report["failures"][0].startswith("client 5: ledger entry #0 (round 3, distributed) stores epsilon_after=")
 
 
 def test_a_mismatch_within_one_millionth_relative_passes(ledgers):
     path, _, _ = ledgers
     with Repository.open(path, create=False) as repository:
-        repository.append_ledger_entries(1, [LedgerEntryWrite(5, 2, "distributed", events.event_to_json(SKELLAM),
+        repository.append_ledger_entries(1, [LedgerEntryWrite(5, 3, "distributed", events.event_to_json(SKELLAM),
                                                               _running_epsilon([SKELLAM]) * (1 + 5e-7), DELTA)])
     assert _invoke("--db", path, "--run", "1").exit_code == 0
 
