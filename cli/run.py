@@ -56,6 +56,14 @@ _CONFIG_FLAGS = {
     "epsilon": ("target_epsilon", float, "Target ε per client over the whole run (noise is calibrated to it)."),
     "delta": ("delta", float, "δ of the (ε, δ) guarantee."),
     "budget": ("budget_epsilon", float, "Per-client ε budget in the ledger (default: --epsilon)."),
+    "relation": ("relation", click.Choice(["zero-out", "add-remove"]),
+                 "Neighbouring relation of the central ε: zero-out (default; the client's data replaced by nothing, "
+                 "its noise share still in the sum: participation is visible to the server anyway) or add-remove "
+                 "(the client and its share leave the sum; skellam only, accounted exactly, much more noise)."),
+    "local-epsilon": ("local_epsilon", float,
+                      "Local ε floor per round: each upload alone is at most this (ε, δ)-DP against a server "
+                      "colluding with every other client (replace-one, ≈2C sensitivity); the noise share grows "
+                      "to meet it when the central target needs less."),
     "checkpoint-every": ("checkpoint_every", int, "Store a model checkpoint every K rounds."),
     "seed": ("seed", int, "Seed of the data split, model init and dropout simulation (never of secrets)."),
     "workers": ("workers", int, "Client worker processes."),

@@ -24,6 +24,7 @@ from typing import Any
 from federation.errors import ConfigError
 from privacy.fedp3_aggregation import CLIPPINGS as FEDP3_CLIPPINGS, WEIGHTINGS as FEDP3_WEIGHTINGS
 from privacy.fedp3_groups import POLICIES as FEDP3_POLICIES
+from privacy.events import RELATIONS
 
 DATASETS = ("digits", "breast_cancer", "mnist5k", "synthetic")
 CUSTOM = "custom"  # dataset and model of a run on a user's federation.workload.Workload
@@ -70,6 +71,8 @@ class RunConfig:
     target_epsilon: float = 8.0
     delta: float = 1e-5
     budget_epsilon: float | None = None  # per-client budget; None = target_epsilon
+    relation: str = "zero-out"  # neighbouring relation of the central guarantee (privacy.relations)
+    local_epsilon: float | None = None  # per-round local-ε floor of every upload (privacy.local_privacy)
     dpsgd_noise_multiplier: float = 1.0
     # LoCoDL (trainer "locodl", docs/ALGORITHMS.md §5.1): min (1/n)Σ f_i + g over logistic regression
     locodl_l2: float = 0.01  # λ of the L2 term (strong convexity), half in the f_i, half in g
@@ -120,6 +123,11 @@ class RunConfig:
         _in_open_interval("clip_norm", self.clip_norm, 0.0, math.inf)
         _in_open_interval("target_epsilon", self.target_epsilon, 0.0, math.inf)
         _in_open_interval("delta", self.delta, 0.0, 1.0)
+        _one_of("relation", self.relation, RELATIONS)
+        if self.local_epsilon is not None:
+            _in_open_interval("local_epsilon", self.local_epsilon, 0.0, math.inf)
+        if self.relation == "add-remove" and self.noise == "distributed" and self.mechanism != "skellam":
+            raise ConfigError("relation add-remove is accounted for the skellam mechanism only")
         _in_open_interval("dpsgd_noise_multiplier", self.dpsgd_noise_multiplier, 0.0, math.inf)
         _in_open_interval("locodl_l2", self.locodl_l2, 0.0, math.inf)
         if self.locodl_smoothness is not None:

@@ -8,8 +8,14 @@ the event descriptions themselves, so any accountant can recompute ε from stora
 
 Modes (docs/ALGORITHMS.md §3.5):
 - ``distributed``: each client adds 1/floor of the central noise; the secure sum of at least
-  ``floor`` survivors carries the central (ε, δ) for add/remove-one-client neighbours; rounds
-  with fewer survivors abort. ``floor`` = the SecAgg+ threshold of a full cohort, no colluders.
+  ``floor`` survivors carries the central (ε, δ) under the run's neighbouring relation
+  (``RunConfig.relation``): *zero-out* by default (a client's data replaced by nothing, its
+  noise share still in the sum; participation is visible to the server, so the guarantee is
+  about what the data changes), or *add-remove* (the client and its share leave the sum,
+  accounted exactly with the variance change, ``privacy.relations``); rounds with fewer
+  survivors abort. ``floor`` = the SecAgg+ threshold of a full cohort, no colluders. With
+  ``local_epsilon`` every share is at least what makes one upload alone that (ε, δ)-LDP per
+  round (``privacy.local_privacy``).
 - ``local``: each client's release is (ε, δ)-DP on its own against everyone (sensitivity of
   replacing its input, ≈ 2C), at a large utility cost.
 """
@@ -79,7 +85,8 @@ class PrivacyPlanner:
             return local_noise_for(config.mechanism, config.target_epsilon, config.delta, l2, coordinates,
                                    compositions=config.rounds)
         return distributed_noise_for(config.mechanism, config.target_epsilon, config.delta, l2, coordinates,
-                                     noise_floor(config), compositions=config.rounds)
+                                     noise_floor(config), compositions=config.rounds, relation=config.relation,
+                                     local_epsilon=config.local_epsilon)
 
     def round_event(self):
         """The event one round charges each participant (the noise at the accepted worst case)."""
