@@ -22,7 +22,7 @@ import io
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,9 @@ from cli.options import database_option, json_option
 from cli.tables import Column, format_number, render_table
 from privacy.accounting import ACCOUNTANTS, RunningRdp, recompute_epsilon
 from privacy.errors import PrivacyError, UnsupportedEventError
+from privacy.local_privacy import local_epsilon
+from privacy.relations import RELATIONS, relations_of, with_relation
+from privacy.units import CLIENT, RECORD, record_level_event, unit_of_stream
 from privacy.events import (
     ComposedEvent,
     Event,
@@ -93,6 +96,11 @@ class ClientBudget:
     mechanisms: tuple[str, ...]
     streams: tuple[str, ...]
     problems: tuple[str, ...]
+    relation: str | None = None
+    units: tuple[str, ...] = ()
+    central_epsilon: float | None = None
+    local_epsilon: float | None = None
+    record_epsilon: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +116,11 @@ class ClientBudget:
             "budget_left": self.budget_left,
             "mechanisms": list(self.mechanisms),
             "streams": list(self.streams),
+            "relation": self.relation,
+            "units": list(self.units),
+            "central_epsilon": self.central_epsilon,
+            "local_epsilon": self.local_epsilon,
+            "record_epsilon": self.record_epsilon,
             "ok": not self.problems,
             "problems": list(self.problems),
         }
@@ -128,6 +141,11 @@ class ClientBudget:
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, default=False,
               help="Print the per-client table as CSV (verification results go to stderr).")
+@click.option("--relation", type=click.Choice(["as-charged", *RELATIONS]), default="as-charged", show_default=True,
+              help="Neighbouring relation to report the central ε under: as-charged (each event's own; runs charge "
+                   "zero-out by default: a client's data replaced by nothing, its noise share still in the sum, since "
+                   "participation is visible to the server), zero-out, or add-remove (the client and its noise share "
+                   "leave the sum; accounted exactly with the variance change, distributed Skellam only).")
 @click.option("--export-head", "export_head", type=click.Path(dir_okay=False, writable=True), default=None,
               metavar="FILE", help="When the audit passes, write the run's audit-log head signed with the server's "
                                    "Ed25519 key to FILE; keep it outside the database and check it later with "
@@ -140,7 +158,7 @@ class ClientBudget:
                    "Default: the SQLite database file's name plus '.audit-key', beside it; required for a "
                    "database URL.")
 def audit(db: str, run_id: int | None, client_id: int | None, accountant: str, delta: float | None,
-          as_json: bool, as_csv: bool, export_head: str | None, check_head: str | None,
+          as_json: bool, as_csv: bool, relation: str, export_head: str | None, check_head: str | None,
           server_key: str | None) -> None:
     """Audit the privacy budgets of a run from its ledger.
 
@@ -148,6 +166,13 @@ def audit(db: str, run_id: int | None, client_id: int | None, accountant: str, d
     stored events of all its ledger entries (all noise streams composed) by the named accountant,
     the ε the ledger stored for comparison, budget, budget left, mechanisms and streams. Then the
     hash chains of the ledger and the audit log are verified.
+
+    Every ε names its unit and relation. Per client: the relation its central ε is under; the
+    units its streams are in (client: the update noise; record: DP-SGD inside the client);
+    central ε (client-level: the released sums, all rounds, under the relation); local ε
+    (client-level: the client's own noise share alone against a server colluding with every
+    other client, any two of its updates neighbours); record ε (record-level: DP-SGD composed
+    with what the update noise implies for one record, the update's sensitivity doubled).
 
     The ledger is also checked against the audit log, which records for every write the count,
     the SHA-256 and each client's chain head of the ledger rows written: a deleted, truncated or
@@ -169,7 +194,8 @@ def audit(db: str, run_id: int | None, client_id: int | None, accountant: str, d
         server_key = None if default is None else str(default)
     with Repository.open(db, create=False) as repository:
         report = audit_run(repository, run_id=run_id, client_id=client_id, accountant=accountant, delta=delta,
-                           check_head=check_head, server_key=server_key)
+                           check_head=check_head, server_key=server_key,
+                           relation=None if relation == "as-charged" else relation)
         if export_head is not None:
             if not report["ok"]:
                 report["failures"].append(f"head not exported to {export_head}: the audit failed")
@@ -198,7 +224,7 @@ def audit(db: str, run_id: int | None, client_id: int | None, accountant: str, d
 
 def audit_run(repository: Repository, *, run_id: int | None = None, client_id: int | None = None,
               accountant: str = "rdp", delta: float | None = None, check_head: str | None = None,
-              server_key: str | None = None) -> dict[str, Any]:
+              server_key: str | None = None, relation: str | None = None) -> dict[str, Any]:
     """Audit one run (the newest when ``run_id`` is None), or one client of it.
 
     Returns a JSON-ready report with the stable keys ``run_id``, ``run_name``, ``accountant``,
@@ -222,7 +248,15 @@ def audit_run(repository: Repository, *, run_id: int | None = None, client_id: i
     by_client: dict[int, list[LedgerEntryRead]] = {client.client_id: [] for client in clients}
     for entry in entries:  # the schema's foreign key ties every entry to an enrolled client
         by_client[entry.client_id].append(entry)
-    budgets = [audit_client(client, by_client[client.client_id], accountant=accountant, delta=delta)
+    coordinates: list[int | None] = []
+
+    def dimension() -> int | None:  # computed once, and only for stored events that lack it
+        if not coordinates:
+            coordinates.append(run_coordinates(run.config))
+        return coordinates[0]
+
+    budgets = [audit_client(client, by_client[client.client_id], accountant=accountant, delta=delta,
+                            relation=relation, dimension=dimension)
                for client in clients]
     ledger = repository.verify_ledger(run.id, client_id)
     audit_log = repository.verify_audit_log(run.id)
@@ -252,6 +286,7 @@ def audit_run(repository: Repository, *, run_id: int | None = None, client_id: i
         "run_name": run.name,
         "accountant": accountant,
         "delta": delta,
+        "relation": relation or "as-charged",
         "clients": [budget.as_json() for budget in budgets],
         "verification": {"ledger": _chain_json(ledger), "audit_log": _chain_json(audit_log),
                          "ledger_vs_audit_log": cross.as_json(), "saved_head": head},
@@ -261,7 +296,8 @@ def audit_run(repository: Repository, *, run_id: int | None = None, client_id: i
 
 
 def audit_client(client: ClientInfo, entries: Sequence[LedgerEntryRead], *, accountant: str,
-                 delta: float | None) -> ClientBudget:
+                 delta: float | None, relation: str | None = None,
+                 dimension: Callable[[], int | None] | None = None) -> ClientBudget:
     """Recompute one client's ε from its ledger entries (in ledger order) and check them.
 
     UnsupportedEventError (a PrivacyError) propagates when the named accountant cannot interpret
@@ -277,12 +313,23 @@ def audit_client(client: ClientInfo, entries: Sequence[LedgerEntryRead], *, acco
         except PrivacyError as error:
             problems.append(f"ledger entry #{entry.sequence} (round {entry.round_index}): event does not parse: "
                             f"{_one_line(error)}")
-    epsilon = budget_left = None
+    epsilon = budget_left = central = local = record = None
+    reported = events
+    if relation is not None and not problems:
+        reported = [_with_relation(event, relation, dimension) for event in events]
     if not problems:
         try:
-            epsilon = _recompute(events, report_delta, accountant)
-            at_budget_delta = epsilon if report_delta == client.delta else _recompute(events, client.delta, accountant)
+            epsilon = _recompute(reported, report_delta, accountant)
+            at_budget_delta = epsilon if report_delta == client.delta else _recompute(reported, client.delta, accountant)
             budget_left = client.epsilon_budget - at_budget_delta
+            client_level = [e for entry, e in zip(entries, reported, strict=True)
+                            if unit_of_stream(entry.stream) == CLIENT]
+            record_level = [e for entry, e in zip(entries, reported, strict=True)
+                            if unit_of_stream(entry.stream) == RECORD]
+            central = _recompute(client_level, report_delta, accountant) if client_level else None
+            local = local_epsilon(client_level, report_delta) if client_level else None
+            images = record_level + [record_level_event(e) for e in client_level]
+            record = _recompute(images, report_delta, "rdp") if images else None
         except UnsupportedEventError as error:
             raise UnsupportedEventError(f"client {client.client_id}: {_one_line(error)}") from None
         except PrivacyError as error:
@@ -306,7 +353,52 @@ def audit_client(client: ClientInfo, entries: Sequence[LedgerEntryRead], *, acco
         mechanisms=tuple(sorted({name for event in events for name in mechanism_names(event)})),
         streams=tuple(sorted({entry.stream for entry in entries})),
         problems=tuple(problems),
+        relation=", ".join(sorted(set().union(*(relations_of(e) for e in reported)))) or None,
+        units=tuple(sorted({unit_of_stream(entry.stream) for entry in entries})),
+        central_epsilon=central,
+        local_epsilon=local,
+        record_epsilon=record,
     )
+
+
+def _with_relation(event: Event, relation: str, dimension: Callable[[], int | None] | None) -> Event:
+    """``event`` accounted under ``relation``; a stored distributed-Skellam event without its
+    dimension (written before events recorded it) gets the run's, computed only when needed."""
+    converted = with_relation(event, relation)
+    if relation == "add-remove" and dimension is not None and _lacks_dimension(converted):
+        converted = with_relation(event, relation, dimension())
+    return converted
+
+
+def _lacks_dimension(event: Event) -> bool:
+    from privacy.events import DistributedSkellamEvent
+
+    if isinstance(event, DistributedSkellamEvent):
+        return event.dimension is None
+    if isinstance(event, ComposedEvent):
+        return any(_lacks_dimension(inner) for inner in event.events)
+    if isinstance(event, (SelfComposedEvent, PoissonSampledEvent)):
+        return _lacks_dimension(event.event)
+    return False
+
+
+def run_coordinates(config: Mapping[str, Any]) -> int | None:
+    """The number of integer coordinates a run's noise is added to (the model's parameters
+    through its lattice codec), as the run's privacy planner computed it; None when the stored
+    configuration does not describe a built-in model."""
+    try:
+        from federation.config import RunConfig
+        from federation.coordinator import lattice_step
+        from federation.evaluation import GlobalModel
+        from secagg.codec import CodecConfig, LatticeCodec
+
+        run_config = RunConfig.from_dict(dict(config))
+        dimension = GlobalModel.for_config(run_config).parameter_count
+        step = lattice_step(run_config, dimension)
+        codec = LatticeCodec(CodecConfig(lattice=run_config.lattice, step=step, bits=32, clip_norm=run_config.clip_norm))
+        return int(codec.coordinates(dimension))
+    except Exception:  # noqa: BLE001 - a custom or foreign configuration: the caller reports the gap
+        return None
 
 
 def ledger_mismatches(entries: Sequence[LedgerEntryRead], events: Sequence[Event]) -> tuple[list[str], RunningRdp]:
@@ -390,16 +482,24 @@ def render_report(report: Mapping[str, Any]) -> str:
     """The table, the verification lines and the verdict."""
     name = f" ({report['run_name']})" if report["run_name"] else ""
     at = f"delta={report['delta']:g}" if report["delta"] is not None else "each client's delta"
+    relation = report.get("relation", "as-charged")
+    relation_text = ("each event's own relation (runs charge zero-out unless configured otherwise)"
+                     if relation == "as-charged" else f"the {relation} relation")
     lines = [f"run {report['run_id']}{name}: privacy budgets from the ledger; epsilon recomputed from the stored "
-             f"events by the {ACCOUNTANT_NAMES[report['accountant']]} at {at}", ""]
+             f"events by the {ACCOUNTANT_NAMES[report['accountant']]} at {at}, under {relation_text}",
+             "central ε: client-level, the released sums under the relation; local ε: client-level, the client's "
+             "own noise share alone (server colluding with all other clients); record ε: record-level (DP-SGD and "
+             "the update noise at twice the update's sensitivity, RDP)", ""]
     columns = [Column("client", "right"), Column("status"), Column("rounds", "right"),
                Column(f"ε ({report['accountant']})", "right"), Column("δ", "right"), Column("ledger ε", "right"),
-               Column("budget", "right"), Column("left", "right"), Column("mechanisms"), Column("streams"),
-               Column("check")]
+               Column("budget", "right"), Column("left", "right"), Column("relation"), Column("units"),
+               Column("central ε", "right"), Column("local ε", "right"), Column("record ε", "right"),
+               Column("mechanisms"), Column("streams"), Column("check")]
     rows = [
         [c["client_id"], c["status"], c["rounds_charged"], format_number(c["epsilon"]), f"{c['delta']:g}",
          format_number(c["ledger_epsilon"]), format_number(c["budget"], 2), format_number(c["budget_left"]),
-         c["mechanisms"], c["streams"], "ok" if c["ok"] else "FAILED"]
+         c["relation"] or "-", c["units"], format_number(c["central_epsilon"]), format_number(c["local_epsilon"]),
+         format_number(c["record_epsilon"]), c["mechanisms"], c["streams"], "ok" if c["ok"] else "FAILED"]
         for c in report["clients"]
     ]
     lines.append(render_table(columns, rows) if rows else "(no clients enrolled)")

@@ -29,9 +29,10 @@ errors = pytest.importorskip("privacy.errors")
 DELTA = 1e-5
 BUDGET = 10.0
 START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-REPORT_KEYS = {"run_id", "run_name", "accountant", "delta", "clients", "verification", "failures", "ok"}
+REPORT_KEYS = {"run_id", "run_name", "accountant", "delta", "relation", "clients", "verification", "failures", "ok"}
 CLIENT_KEYS = {"client_id", "status", "rounds_charged", "entries", "epsilon", "delta", "ledger_epsilon", "ledger_delta",
-               "budget", "budget_left", "mechanisms", "streams", "ok", "problems"}
+               "budget", "budget_left", "mechanisms", "streams", "ok", "problems", "relation", "units",
+               "central_epsilon", "local_epsilon", "record_epsilon"}
 CHAIN_KEYS = {"ok", "chains", "entries", "problem"}
 
 # Distributed Skellam: this client's share of noise whose sum over >= 8 clients has variance 8*500.
