@@ -80,7 +80,8 @@ class ClientBudget:
     ``delta`` (None when the client's events could not be read); ``ledger_epsilon`` and
     ``ledger_delta`` are the ledger's stored values after its last entry (None without entries);
     ``budget_left`` is the budget minus the named accountant's ε at the client's own δ (the δ the
-    budget is stated at, whatever δ the report uses); ``problems`` lists what failed for this
+    budget is stated at, whatever δ the report uses) of the unit that spent most (each unit,
+    client- and record-level, has its own budget of that size); ``problems`` lists what failed for this
     client (empty when it passed)."""
 
     client_id: int
@@ -171,8 +172,8 @@ def audit(db: str, run_id: int | None, client_id: int | None, accountant: str, d
     units its streams are in (client: the update noise; record: DP-SGD inside the client);
     central ε (client-level: the released sums, all rounds, under the relation); local ε
     (client-level: the client's own noise share alone against a server colluding with every
-    other client, any two of its updates neighbours); record ε (record-level: DP-SGD composed
-    with what the update noise implies for one record, the update's sensitivity doubled).
+    other client, any two of its updates neighbours); record ε (record-level: the smaller of
+    DP-SGD's ε and what the update noise implies for one record, the update's sensitivity doubled).
 
     The ledger is also checked against the audit log, which records for every write the count,
     the SHA-256 and each client's chain head of the ledger rows written: a deleted, truncated or
@@ -320,16 +321,23 @@ def audit_client(client: ClientInfo, entries: Sequence[LedgerEntryRead], *, acco
     if not problems:
         try:
             epsilon = _recompute(reported, report_delta, accountant)
-            at_budget_delta = epsilon if report_delta == client.delta else _recompute(reported, client.delta, accountant)
-            budget_left = client.epsilon_budget - at_budget_delta
             client_level = [e for entry, e in zip(entries, reported, strict=True)
                             if unit_of_stream(entry.stream) == CLIENT]
             record_level = [e for entry, e in zip(entries, reported, strict=True)
                             if unit_of_stream(entry.stream) == RECORD]
+            # Each unit has its own budget (the same number): what is left is the tighter one's.
+            budget_left = client.epsilon_budget - max(
+                (_recompute(unit_events, client.delta, accountant) for unit_events in (client_level, record_level)
+                 if unit_events), default=0.0)
             central = _recompute(client_level, report_delta, accountant) if client_level else None
             local = local_epsilon(client_level, report_delta) if client_level else None
-            images = record_level + [record_level_event(e) for e in client_level]
-            record = _recompute(images, report_delta, "rdp") if images else None
+            # Record level: DP-SGD's own guarantee holds for the whole release (the update is
+            # post-processing of DP-SGD's output), and so does the update noise's record-level
+            # image; both are valid bounds, the smaller one is reported.
+            bounds = [_recompute(record_level, report_delta, "rdp")] if record_level else []
+            if client_level:
+                bounds.append(_recompute([record_level_event(e) for e in client_level], report_delta, "rdp"))
+            record = min(bounds) if bounds else None
         except UnsupportedEventError as error:
             raise UnsupportedEventError(f"client {client.client_id}: {_one_line(error)}") from None
         except PrivacyError as error:
@@ -401,27 +409,33 @@ def run_coordinates(config: Mapping[str, Any]) -> int | None:
         return None
 
 
-def ledger_mismatches(entries: Sequence[LedgerEntryRead], events: Sequence[Event]) -> tuple[list[str], RunningRdp]:
-    """Replay the ledger's accountant (one running RDP vector over all of the client's streams,
-    ``privacy.ledger.BudgetLedger``'s own) entry by entry, and name every entry whose stored
-    ``epsilon_after`` differs from the replay at that entry's δ by more than 1e-6 relative.
-    Returns (problems, the replayed accountant)."""
-    running = RunningRdp()
+def ledger_mismatches(entries: Sequence[LedgerEntryRead],
+                      events: Sequence[Event]) -> tuple[list[str], dict[str, RunningRdp]]:
+    """Replay the ledger's accountant (``privacy.ledger.BudgetLedger``'s own: one running RDP
+    vector per unit, over the client's streams of that unit) entry by entry, and name every entry
+    whose stored ``epsilon_after`` differs from the replay at that entry's δ by more than 1e-6
+    relative. Ledgers written before units were kept apart stored the total over all streams; that
+    total is accepted too (it bounds the unit's). Returns (problems, the replayed accountants by unit)."""
+    units: dict[str, RunningRdp] = {}
+    combined = RunningRdp()
     problems = []
     for entry, event in zip(entries, events, strict=True):
+        running = units.setdefault(unit_of_stream(entry.stream), RunningRdp())
         running.add(event)
+        combined.add(event)
         try:
             replayed = _epsilon_of(running, entry.delta)
+            legacy = _epsilon_of(combined, entry.delta)
         except PrivacyError as error:
             problems.append(f"ledger entry #{entry.sequence} (round {entry.round_index}) cannot be accounted at "
                             f"its delta={entry.delta:g}: {_one_line(error)}")
             continue
-        if not epsilons_match(entry.epsilon_after, replayed):
+        if not (epsilons_match(entry.epsilon_after, replayed) or epsilons_match(entry.epsilon_after, legacy)):
             problems.append(
                 f"ledger entry #{entry.sequence} (round {entry.round_index}, {entry.stream}) stores "
                 f"epsilon_after={entry.epsilon_after:.9g} but its events give {replayed:.9g} at delta={entry.delta:g}"
             )
-    return problems, running
+    return problems, units
 
 
 def epsilons_match(stored: float, recomputed: float) -> bool:
@@ -442,16 +456,21 @@ def mechanism_names(event: Event) -> list[str]:
     return [event_to_json(event)["type"]]
 
 
-def _budget_problems(client: ClientInfo, running: RunningRdp) -> list[str]:
-    """The ledger refuses a charge that would take ε past the budget, so a client over budget at
-    its own δ, by the ledger's accountant, means a charge got past it."""
-    try:
-        spent = _epsilon_of(running, client.delta)
-    except PrivacyError as error:
-        return [f"its budget cannot be checked at its delta={client.delta:g}: {_one_line(error)}"]
-    if spent > client.epsilon_budget * (1 + EPSILON_RELATIVE_TOLERANCE):
-        return [f"spent epsilon={spent:.9g} at delta={client.delta:g}, over its budget of {client.epsilon_budget:g}"]
-    return []
+def _budget_problems(client: ClientInfo, units: Mapping[str, RunningRdp]) -> list[str]:
+    """The ledger refuses a charge that would take a unit's ε past its budget, so a client over
+    budget at its own δ, by the ledger's accountant, means a charge got past it. Each unit is
+    held to the enrolled budget (the ledger's default record budget is the same number)."""
+    problems = []
+    for unit, running in sorted(units.items()):
+        try:
+            spent = _epsilon_of(running, client.delta)
+        except PrivacyError as error:
+            problems.append(f"its budget cannot be checked at its delta={client.delta:g}: {_one_line(error)}")
+            continue
+        if spent > client.epsilon_budget * (1 + EPSILON_RELATIVE_TOLERANCE):
+            problems.append(f"spent {unit}-level epsilon={spent:.9g} at delta={client.delta:g}, over its budget of "
+                            f"{client.epsilon_budget:g}")
+    return problems
 
 
 def _recompute(events: Sequence[Event], delta: float, accountant: str) -> float:
@@ -488,8 +507,8 @@ def render_report(report: Mapping[str, Any]) -> str:
     lines = [f"run {report['run_id']}{name}: privacy budgets from the ledger; epsilon recomputed from the stored "
              f"events by the {ACCOUNTANT_NAMES[report['accountant']]} at {at}, under {relation_text}",
              "central ε: client-level, the released sums under the relation; local ε: client-level, the client's "
-             "own noise share alone (server colluding with all other clients); record ε: record-level (DP-SGD and "
-             "the update noise at twice the update's sensitivity, RDP)", ""]
+             "own noise share alone (server colluding with all other clients); record ε: record-level (the smaller of "
+             "DP-SGD's and the update noise's at twice the update's sensitivity, RDP)", ""]
     columns = [Column("client", "right"), Column("status"), Column("rounds", "right"),
                Column(f"ε ({report['accountant']})", "right"), Column("δ", "right"), Column("ledger ε", "right"),
                Column("budget", "right"), Column("left", "right"), Column("relation"), Column("units"),

@@ -86,7 +86,7 @@ class PrivacyPlanner:
                                    compositions=config.rounds)
         return distributed_noise_for(config.mechanism, config.target_epsilon, config.delta, l2, coordinates,
                                      noise_floor(config), compositions=config.rounds, relation=config.relation,
-                                     local_epsilon=config.local_epsilon)
+                                     local_epsilon=config.local_epsilon_floor)
 
     def round_event(self):
         """The event one round charges each participant (the noise at the accepted worst case)."""
@@ -102,7 +102,8 @@ class PrivacyPlanner:
     def _new_ledger(self):
         if self.config.noise == "none" and self.config.trainer != "dpsgd":
             return None
-        return BudgetLedger(budget_epsilon=self.config.client_budget, delta=self.config.delta)
+        return BudgetLedger(budget_epsilon=self.config.client_budget, delta=self.config.delta,
+                            record_budget_epsilon=self.config.record_budget)
 
     def can_participate(self, client_id: int) -> bool:
         if self._ledger is None or self.noise is None:

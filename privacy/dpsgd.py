@@ -34,6 +34,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from fractions import Fraction
 from typing import Any
 
@@ -160,6 +161,20 @@ def plan_dp_sgd(
         rounds = _check_count(epochs, "epochs")
         count = math.ceil(rounds / rate_fraction)  # exact: ⌈epochs·N/B⌉
     return DpSgdPlan(dataset_size=size, sample_rate=rate, steps=count, noise_multiplier=sigma)
+
+
+@lru_cache(maxsize=1024)
+def calibrate_dp_sgd_noise(sample_rate: float, steps: int, rounds: int, record_epsilon: float, delta: float) -> float:
+    """Smallest noise multiplier σ such that ``rounds`` rounds of ``steps`` Poisson-sampled
+    Gaussian steps at rate q are (record_epsilon, delta)-DP at the record level, by the ledger's
+    accountant asked about the very event each round charges (``privacy.calibration``): a client
+    taking part in every round ends at most at its record-level budget."""
+    from privacy.calibration import calibrate_event
+
+    rate = _check_real(sample_rate, "sample_rate", low=0.0, high=1.0)
+    count = _check_count(steps, "steps") * _check_count(rounds, "rounds")
+    return calibrate_event(lambda sigma: dp_sgd_event(sigma, rate, count), record_epsilon, delta,
+                           name="noise multiplier", tolerance=1e-9)
 
 
 def opacus_rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
