@@ -71,7 +71,8 @@ EPSILON_RELATIVE_TOLERANCE = 1e-6
 _EPSILON_FLOOR = 1e-12
 EXIT_AUDIT_FAILED = 1
 CSV_COLUMNS = ("client_id", "status", "rounds_charged", "entries", "epsilon", "delta", "ledger_epsilon",
-               "ledger_delta", "budget", "budget_left", "mechanisms", "streams", "accountant")
+               "ledger_delta", "budget", "budget_left", "mechanisms", "streams", "accountant", "relation", "units",
+               "central_epsilon", "local_epsilon", "record_epsilon")
 
 
 @dataclass(frozen=True)
@@ -564,7 +565,8 @@ def render_csv(report: Mapping[str, Any]) -> str:
     writer.writerow(CSV_COLUMNS)
     for client in report["clients"]:
         values = {**client, "accountant": report["accountant"],
-                  "mechanisms": ";".join(client["mechanisms"]), "streams": ";".join(client["streams"])}
+                  "mechanisms": ";".join(client["mechanisms"]), "streams": ";".join(client["streams"]),
+                  "units": ";".join(client["units"])}
         writer.writerow(["" if values[key] is None else _csv_value(values[key]) for key in CSV_COLUMNS])
     return buffer.getvalue()
 
