@@ -176,3 +176,30 @@ def test_record_level_images_double_the_sensitivity_and_group_privacy_scales():
     assert (image.l2_sensitivity, image.l1_sensitivity, image.relation) == (10.0, 40.0, "zero-out")
     assert group_privacy(1.0, 1e-6, 3) == (3.0, pytest.approx(3 * math.e**2 * 1e-6))
     assert dataclasses.replace(event, relation="zero-out") == with_relation(event, "zero-out")
+
+
+@pytest.mark.slow
+def test_a_run_stored_before_events_named_their_relation_is_audited_under_add_remove(default_event, tmp_path):
+    """Legacy events carry neither relation nor dimension: they read as zero-out, and add/remove
+    takes the dimension from the stored run configuration (the planner's own computation)."""
+    config, _, event = default_event
+    legacy = {k: v for k, v in event_to_json(event).items() if k not in ("relation", "dimension")}
+    fresh = PrivacyPlanner(config, 650, lattice_step(config, 650))  # the same noise, a fresh ledger
+    path = str(tmp_path / "legacy.db")
+    with Repository.open(path) as repository:
+        run = repository.create_run(config.to_dict(), name="legacy")
+        repository.enrol_clients(run.id, [ClientEnrolment(0, os.urandom(32), os.urandom(32), 8.0, DELTA)])
+        for index in range(3):
+            charged = fresh.charge([0], index)[0]
+            entry = LedgerEntryWrite(0, index, "distributed", legacy, charged.epsilon_after, DELTA)
+            repository.commit_round(run.id, RoundWrite(
+                round_index=index, cohort=[0], survivors=[0], started_at=START, finished_at=START,
+                aggregates=(AggregateWrite(np.zeros(4, dtype=np.int64), kind="lattice_sum"),), ledger_entries=[entry]))
+    runner = CliRunner()
+    report = json.loads(runner.invoke(fedvault, ["audit", "--db", path, "--json", "--relation", "add-remove"]).stdout)
+    assert report["ok"], report["failures"]
+    from privacy.accounting import recompute_epsilon
+    expected = recompute_epsilon([with_relation(event, "add-remove")] * 3, DELTA)
+    assert report["clients"][0]["central_epsilon"] == pytest.approx(expected, rel=1e-12)
+    assert json.loads(runner.invoke(fedvault, ["audit", "--db", path, "--json"]).stdout)["clients"][0]["relation"] \
+        == "zero-out"
