@@ -9,7 +9,13 @@ accountant, and checks that
 - replaying the ledger's own accountant (running RDP) over the entries reproduces each stored
   ``epsilon_after`` to 1e-6 relative,
 - no client spent more than its budget,
-- every client's hash-chained ledger and the run's audit log verify.
+- every client's hash-chained ledger and the run's audit log verify,
+- the ledger matches what the audit log recorded of every write (count, SHA-256, each client's
+  chain head) and each completed round's cohort and survivors (``storage.audit.cross_check_ledger``),
+- with ``--check-head``, a signed head saved earlier is still a prefix of the log.
+
+Every ε names its relation and unit: central and local client-level ε, and record-level ε
+(``docs/PRIVACY.md``).
 
 Any failure is reported by name and the command exits 1 (an error such as an unknown run
 exits 2 with one line, as every fedvault command does).

@@ -82,7 +82,9 @@ class LocalNoise:
 class DistributedNoise:
     """Per-client share of distributed noise: ``share_scale`` is mu/n_floor (Skellam) or
     sigma_l (discrete Gaussian), integer units; ``noise_floor`` = ``min_survivors`` -
-    ``tolerated_colluders``; sensitivities are add/remove-one-client sensitivities of the sum."""
+    ``tolerated_colluders``; sensitivities are those of the sum to one client's data (its rounded
+    update: the zero-out relation); ``relation`` is the relation the central guarantee is
+    calibrated and charged under (``privacy.relations``)."""
 
     mechanism: str
     share_scale: float

@@ -8,9 +8,11 @@ entry's own sequence number. The audit log's head (last sequence and hash) is ke
 
 What this detects: an edited entry (its hash no longer matches), a deleted, inserted or reordered
 entry (a sequence gap, or a ``prev_hash`` that does not match its predecessor), and a truncated
-tail (the head disagrees). What it cannot: someone able to rewrite the whole chain *and* its head
-consistently, since the chain has no secret key; compare the head against a copy kept elsewhere
-(``expected_head``) for that.
+tail (the head disagrees). A ledger chain's tail is anchored in the audit log: every ledger write
+records its rows' count, digest and each client's new head there (:func:`ledger_anchor`), and
+:func:`cross_check_ledger` compares. What the chains alone cannot catch: someone able to rewrite
+the whole audit chain *and* its head consistently, since the chain has no secret key; a head
+signed by the server and kept elsewhere (``storage.signed_head``) catches that.
 """
 
 from __future__ import annotations
@@ -440,6 +442,8 @@ def cross_check_ledger_session(session: Session, run_id: int) -> LedgerCrossChec
         else:  # written before heads were anchored: the next `count` rows in write order
             mine = [row for row in rows if row.id not in claimed and row.id > max(claimed, default=0)]
             mine = mine[: int(record.get("count", 0))]
+            for row in mine:  # a later anchored entry starts after these
+                anchored[row.client_id] = max(anchored.get(row.client_id, -1), row.sequence)
         claimed.update(row.id for row in mine)
         mine.sort(key=lambda row: row.id)
         count, digest = record.get("count"), record.get("sha256")

@@ -12,7 +12,7 @@ from sqlalchemy import delete, select
 
 from privacy.accounting import RunningRdp
 from privacy.events import event_from_json
-from storage import LedgerEntryWrite, Repository
+from storage import Repository
 from storage.audit import audit_content, ledger_anchor, ledger_content
 from storage.canonical import GENESIS_HASH, chain_hash
 from storage.schema import AuditHead, AuditLogEntry, LedgerEntry
@@ -254,3 +254,32 @@ def test_a_legacy_log_without_heads_is_checked_by_count_and_digest(ledgers):
     assert code == 1
     findings = report["verification"]["ledger_vs_audit_log"]["findings"]
     assert findings[0]["round_index"] == 2 and "records 5 ledger entries" in findings[0]["problem"] and "holds 4 of them" in findings[0]["problem"]
+
+
+def test_a_legacy_log_continued_by_anchored_writes_verifies(ledgers):
+    """A database upgraded mid-run: early rounds recorded count and digest only, later ones heads."""
+    path, mixed, _ = ledgers
+
+    def strip_first_round_heads(session):
+        audits = session.execute(select(AuditLogEntry).where(AuditLogEntry.run_id == 1)
+                                 .order_by(AuditLogEntry.sequence)).scalars().all()
+        previous = GENESIS_HASH
+        for audit in audits:
+            if audit.event == "round.committed" and audit.round_index == 0:
+                payload = dict(audit.payload)
+                payload["ledger_entries"] = {k: v for k, v in payload["ledger_entries"].items() if k != "heads"}
+                audit.payload = payload
+            audit.prev_hash, audit.entry_hash = previous, chain_hash(audit_content(audit), previous)
+            previous = audit.entry_hash
+        session.get(AuditHead, 1).entry_hash = previous
+        session.flush()
+
+    _tamper(path, strip_first_round_heads)
+    code, report = _report(path)
+    assert code == 0, report["failures"]
+    _tamper(path, lambda s: s.execute(delete(LedgerEntry).where(
+        LedgerEntry.run_id == 1, LedgerEntry.client_id == 3, LedgerEntry.sequence == 2)))
+    code, report = _report(path)
+    assert code == 1
+    assert any(f["client_id"] == 3 and "#2 are missing" in f["problem"]
+               for f in report["verification"]["ledger_vs_audit_log"]["findings"])
