@@ -223,6 +223,13 @@ def test_the_text_report_names_the_cross_check(ledgers):
     result = _invoke("--db", path, "--run", "1")
     assert result.exit_code == 0
     assert "ledger against the audit log: ok (12 ledger entries, 3 audit entries, 3 rounds" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if line.startswith("client"))
+    assert all(name in header for name in ("relation", "units", "central ε", "local ε", "record ε"))
+    row = next(line for line in result.stdout.splitlines() if line.strip().startswith("1 "))
+    assert "zero-out" in row and "client,record" in row
+    report = json.loads(_invoke("--db", path, "--run", "1", "--json").stdout)
+    one = next(c for c in report["clients"] if c["client_id"] == 1)
+    assert f"{one['central_epsilon']:.4f}" in row and f"{one['local_epsilon']:.4f}" in row
 
 
 def test_a_legacy_log_without_heads_is_checked_by_count_and_digest(ledgers):
