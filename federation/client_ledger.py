@@ -19,10 +19,11 @@ from privacy.ledger import BudgetLedger
 
 
 class ClientLedger:
-    def __init__(self, path: Path, client_id: int, budget_epsilon: float, delta: float) -> None:
+    def __init__(self, path: Path, client_id: int, budget_epsilon: float, delta: float,
+                 record_budget_epsilon: float | None = None) -> None:
         self.path = Path(path)
         self.client_id = client_id
-        self._ledger = BudgetLedger(budget_epsilon, delta)
+        self._ledger = BudgetLedger(budget_epsilon, delta, record_budget_epsilon=record_budget_epsilon)
         self._entries: list[dict] = []
         if self.path.exists():
             for entry in json.loads(self.path.read_text()):

@@ -93,7 +93,8 @@ class ClientRuntime:
             self.learner = learner_for(config, client_id)
         self._chain_file = chain_path(key_file, run_tag)
         self._own_ledger = ClientLedger(key_file.with_name(f"client-{client_id}.run-{run_tag}.ledger.json"),
-                                        client_id, config.client_budget, config.delta)
+                                        client_id, config.client_budget, config.delta,
+                                        record_budget_epsilon=config.record_budget)
         self._round_releases: list[tuple[str, object]] = []
         self._round_index: int | None = None
         self._chain: ChainState | None = None
