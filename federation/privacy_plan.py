@@ -134,6 +134,8 @@ class PrivacyPlanner:
             self._ledger.charge(entry.client_id, entry.round_index, entry.stream, event_from_json(entry.event_json))
 
     def max_epsilon(self) -> float:
+        """The largest client-level ε charged so far; with no update noise (DP-SGD only) the
+        largest record-level one, the only unit such a run spends."""
         if self._ledger is None:
             return 0.0
-        return self._ledger.max_epsilon()
+        return self._ledger.max_epsilon("client" if self.noise is not None else "record")
