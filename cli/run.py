@@ -25,8 +25,8 @@ _CONFIG_FLAGS = {
     "lr": ("learning_rate", float, "Local learning rate."),
     "server-lr": ("server_learning_rate", float, "Server step size on the mean update."),
     "trainer": ("trainer", click.Choice(["sgd", "dpsgd", "locodl", "fedp3"]),
-                "Local trainer: plain SGD, sample-level DP-SGD (Opacus; its ε composes with the update noise's in "
-                "the ledger, so raise --budget above --epsilon), LoCoDL (logreg only; local training with control "
+                "Local trainer: plain SGD, record-level DP-SGD (Opacus; its ε is record-level, budgeted apart from "
+                "the update noise's client-level ε, --record-budget), LoCoDL (logreg only; local training with control "
                 "variates that converges to the exact optimum, every client in every round), or LDP-FedP3 "
                 "(pruned models, partial uploads, one secure sum per layer group; mlp or cnn)."),
     "locodl-l2": ("locodl_l2", float, "LoCoDL: λ of the L2 term of the logistic regression (its strong convexity)."),
@@ -56,6 +56,20 @@ _CONFIG_FLAGS = {
     "epsilon": ("target_epsilon", float, "Target ε per client over the whole run (noise is calibrated to it)."),
     "delta": ("delta", float, "δ of the (ε, δ) guarantee."),
     "budget": ("budget_epsilon", float, "Per-client ε budget in the ledger (default: --epsilon)."),
+    "record-budget": ("record_budget_epsilon", float,
+                      "Per-client record-level ε budget (DP-SGD inside the client; default: --budget). Record- and "
+                      "client-level ε are different units, each with its own budget; with --trainer dpsgd the "
+                      "DP-SGD noise is calibrated so a client in every round ends at this budget."),
+    "dpsgd-noise": ("dpsgd_noise_multiplier", float,
+                    "DP-SGD noise multiplier σ (default: calibrated per client to --record-budget over the run)."),
+    "relation": ("relation", click.Choice(["zero-out", "add-remove"]),
+                 "Neighbouring relation of the central ε: zero-out (default; the client's data replaced by nothing, "
+                 "its noise share still in the sum: participation is visible to the server anyway) or add-remove "
+                 "(the client and its share leave the sum; skellam only, accounted exactly, much more noise)."),
+    "local-epsilon": ("local_epsilon", float,
+                      "Local ε floor per round: each upload alone is at most this (ε, δ)-DP against a server "
+                      "colluding with every other client (replace-one, ≈2C sensitivity); the noise share grows "
+                      "to meet it when the central target needs less."),
     "checkpoint-every": ("checkpoint_every", int, "Store a model checkpoint every K rounds."),
     "seed": ("seed", int, "Seed of the data split, model init and dropout simulation (never of secrets)."),
     "workers": ("workers", int, "Client worker processes."),

@@ -134,7 +134,8 @@ class ClientRuntime:
         self._chain_file: ChainFile | None = None  # opened with the first record
         # The run's budget comes from the server's config; the client's policy may only lower it.
         self._own_ledger = ClientLedger(key_file.with_name(f"client-{client_id}.run-{run_tag}.ledger.json"),
-                                        client_id, self.policy.run_budget(config.client_budget), config.delta)
+                                        client_id, self.policy.run_budget(config.client_budget), config.delta,
+                                        record_budget_epsilon=config.record_budget)
         self._round_releases: list[tuple[str, object]] = []
         self._round_index: int | None = None
         self._chain: ChainState | None = None

@@ -24,6 +24,7 @@ from typing import Any
 from federation.errors import ConfigError
 from privacy.fedp3_aggregation import CLIPPINGS as FEDP3_CLIPPINGS, WEIGHTINGS as FEDP3_WEIGHTINGS
 from privacy.fedp3_groups import POLICIES as FEDP3_POLICIES
+from privacy.events import RELATIONS
 
 DATASETS = ("digits", "breast_cancer", "mnist5k", "synthetic")
 CUSTOM = "custom"  # dataset and model of a run on a user's federation.workload.Workload
@@ -35,6 +36,8 @@ NO_HISTORY_TRAINERS = ("locodl", "fedp3")
 LATTICES = ("Z", "A2", "D4", "E8")
 NOISE_MODES = ("distributed", "local", "none")
 MECHANISMS = ("skellam", "discrete_gaussian")
+#: LDP-FedP3's default local ε per round and upload (``RunConfig.local_epsilon_floor``).
+FEDP3_LOCAL_EPSILON = 8.0
 HISTORY_LATTICES = ("Z", "D4", "E8")  # unlearning.records.RECORD_LATTICES
 
 
@@ -70,7 +73,10 @@ class RunConfig:
     target_epsilon: float = 8.0
     delta: float = 1e-5
     budget_epsilon: float | None = None  # per-client budget; None = target_epsilon
-    dpsgd_noise_multiplier: float = 1.0
+    relation: str = "zero-out"  # neighbouring relation of the central guarantee (privacy.relations)
+    local_epsilon: float | None = None  # per-round local-ε floor of every upload (privacy.local_privacy)
+    dpsgd_noise_multiplier: float | None = None  # None: calibrated per client to the record budget over the run
+    record_budget_epsilon: float | None = None  # per-client record-level budget (DP-SGD); None = the client budget
     # LoCoDL (trainer "locodl", docs/ALGORITHMS.md §5.1): min (1/n)Σ f_i + g over logistic regression
     locodl_l2: float = 0.01  # λ of the L2 term (strong convexity), half in the f_i, half in g
     locodl_smoothness: float | None = None  # public bound L; None = Böhning's bound on the run's data
@@ -120,7 +126,15 @@ class RunConfig:
         _in_open_interval("clip_norm", self.clip_norm, 0.0, math.inf)
         _in_open_interval("target_epsilon", self.target_epsilon, 0.0, math.inf)
         _in_open_interval("delta", self.delta, 0.0, 1.0)
-        _in_open_interval("dpsgd_noise_multiplier", self.dpsgd_noise_multiplier, 0.0, math.inf)
+        _one_of("relation", self.relation, RELATIONS)
+        if self.local_epsilon is not None:
+            _in_open_interval("local_epsilon", self.local_epsilon, 0.0, math.inf)
+        if self.relation == "add-remove" and self.noise == "distributed" and self.mechanism != "skellam":
+            raise ConfigError("relation add-remove is accounted for the skellam mechanism only")
+        if self.dpsgd_noise_multiplier is not None:
+            _in_open_interval("dpsgd_noise_multiplier", self.dpsgd_noise_multiplier, 0.0, math.inf)
+        if self.record_budget_epsilon is not None:
+            _in_open_interval("record_budget_epsilon", self.record_budget_epsilon, 0.0, math.inf)
         _in_open_interval("locodl_l2", self.locodl_l2, 0.0, math.inf)
         if self.locodl_smoothness is not None:
             _in_open_interval("locodl_smoothness", self.locodl_smoothness, 0.0, math.inf)
@@ -142,6 +156,23 @@ class RunConfig:
             raise ConfigError(f"threshold must be between 2 and clients={self.clients}, got {self.threshold}")
         if self.neighbours is not None and not (1 <= self.neighbours <= self.clients - 1):
             raise ConfigError(f"neighbours must be between 1 and clients-1={self.clients - 1}, got {self.neighbours}")
+
+    @property
+    def local_epsilon_floor(self) -> float | None:
+        """The per-round local-ε floor every upload respects (``privacy.local_privacy``):
+        ``local_epsilon`` when set; for LDP-FedP3 with distributed noise
+        :data:`FEDP3_LOCAL_EPSILON` by default, so each upload carries a real local guarantee
+        with the distributed remainder on top; otherwise none."""
+        if self.local_epsilon is not None:
+            return self.local_epsilon
+        if self.trainer == "fedp3" and self.noise == "distributed":
+            return FEDP3_LOCAL_EPSILON
+        return None
+
+    @property
+    def record_budget(self) -> float:
+        """Every client's record-level ε budget (DP-SGD inside the client, ``privacy.units``)."""
+        return self.client_budget if self.record_budget_epsilon is None else self.record_budget_epsilon
 
     @property
     def client_budget(self) -> float:

@@ -86,8 +86,11 @@ class FedP3PrivacyPlanner(PrivacyPlanner):
                 self.group_shares = {group: NoiseShare.of(self.noise) for group in self.group_shares}
             else:
                 floors = [noise_floor(config, senders=count) for count in senders]
+                # The local floor is met by the joint share; each group's share is at least as large
+                # (_group_share scales it up by top/floor >= 1), so every upload keeps the floor.
                 self.noise = distributed_noise_for(config.mechanism, config.target_epsilon, config.delta, l2,
-                                                   sum(coordinates), max(floors), compositions=config.rounds)
+                                                   sum(coordinates), max(floors), compositions=config.rounds,
+                                                   relation=config.relation, local_epsilon=config.local_epsilon_floor)
                 self.group_shares = {group: NoiseShare.of(_group_share(self.noise, floor, count))
                                      for group, (floor, count) in enumerate(zip(floors, coordinates))}
         self.noise_share = NoiseShare.of(self.noise)

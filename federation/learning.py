@@ -17,7 +17,7 @@ def trainer_for(config: RunConfig, model, loss: LossFunction | None = None) -> L
         return DPSGDTrainer(model, DPSGDConfig(
             epochs=config.local_epochs, expected_batch_size=config.batch_size,
             learning_rate=config.learning_rate, noise_multiplier=config.dpsgd_noise_multiplier,
-            delta=config.delta), loss=loss)
+            delta=config.delta, record_epsilon=config.record_budget, rounds=config.rounds), loss=loss)
     return SGDTrainer(model, SGDConfig(epochs=config.local_epochs, batch_size=config.batch_size,
                                        learning_rate=config.learning_rate), loss=loss)
 

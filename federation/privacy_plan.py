@@ -8,8 +8,14 @@ the event descriptions themselves, so any accountant can recompute ε from stora
 
 Modes (docs/ALGORITHMS.md §3.5):
 - ``distributed``: each client adds 1/floor of the central noise; the secure sum of at least
-  ``floor`` survivors carries the central (ε, δ) for add/remove-one-client neighbours; rounds
-  with fewer survivors abort. ``floor`` = the SecAgg+ threshold of a full cohort, no colluders.
+  ``floor`` survivors carries the central (ε, δ) under the run's neighbouring relation
+  (``RunConfig.relation``): *zero-out* by default (a client's data replaced by nothing, its
+  noise share still in the sum; participation is visible to the server, so the guarantee is
+  about what the data changes), or *add-remove* (the client and its share leave the sum,
+  accounted exactly with the variance change, ``privacy.relations``); rounds with fewer
+  survivors abort. ``floor`` = the SecAgg+ threshold of a full cohort, no colluders. With
+  ``local_epsilon`` every share is at least what makes one upload alone that (ε, δ)-LDP per
+  round (``privacy.local_privacy``).
 - ``local``: each client's release is (ε, δ)-DP on its own against everyone (sensitivity of
   replacing its input, ≈ 2C), at a large utility cost.
 """
@@ -100,7 +106,8 @@ class PrivacyPlanner:
             return local_noise_for(config.mechanism, config.target_epsilon, config.delta, l2, coordinates,
                                    compositions=config.rounds)
         return distributed_noise_for(config.mechanism, config.target_epsilon, config.delta, l2, coordinates,
-                                     noise_floor(config), compositions=config.rounds)
+                                     noise_floor(config), compositions=config.rounds, relation=config.relation,
+                                     local_epsilon=config.local_epsilon_floor)
 
     def round_event(self):
         """The event one round charges each participant (the noise at the accepted worst case)."""
@@ -116,7 +123,8 @@ class PrivacyPlanner:
     def _new_ledger(self):
         if self.config.noise == "none" and self.config.trainer != "dpsgd":
             return None
-        return BudgetLedger(budget_epsilon=self.config.client_budget, delta=self.config.delta)
+        return BudgetLedger(budget_epsilon=self.config.client_budget, delta=self.config.delta,
+                            record_budget_epsilon=self.config.record_budget)
 
     def can_participate(self, client_id: int) -> bool:
         if self._ledger is None or self.noise is None:
@@ -147,6 +155,8 @@ class PrivacyPlanner:
             self._ledger.charge(entry.client_id, entry.round_index, entry.stream, event_from_json(entry.event_json))
 
     def max_epsilon(self) -> float:
+        """The largest client-level ε charged so far; with no update noise (DP-SGD only) the
+        largest record-level one, the only unit such a run spends."""
         if self._ledger is None:
             return 0.0
-        return self._ledger.max_epsilon()
+        return self._ledger.max_epsilon("client" if self.noise is not None else "record")

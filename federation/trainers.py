@@ -271,21 +271,33 @@ class SGDTrainer(LocalTrainer):
 class DPSGDConfig:
     """Sample-level DP-SGD: ``epochs`` of Poisson-sampled steps with expected batch
     ``expected_batch_size`` (capped at the client's size), per-example clip ``max_grad_norm``,
-    noise multiplier σ; ``delta`` is the δ of the Opacus ε reported for cross-checking."""
+    noise multiplier σ; ``delta`` is the δ of the Opacus ε reported for cross-checking.
+
+    ``noise_multiplier=None`` calibrates σ per client (its q and steps depend on its size) so
+    that ``rounds`` rounds of its DP-SGD are (``record_epsilon``, ``delta``)-DP at the record
+    level (``privacy.dpsgd.calibrate_dp_sgd_noise``)."""
 
     epochs: int = 1
     expected_batch_size: int = 32
     learning_rate: float = 0.1
     momentum: float = 0.0
-    noise_multiplier: float = 1.0
+    noise_multiplier: float | None = 1.0
     max_grad_norm: float = 1.0
     delta: float = 1e-5
+    record_epsilon: float | None = None
+    rounds: int = 1
 
     def __post_init__(self) -> None:
         _check_count(self.epochs, "epochs")
         _check_count(self.expected_batch_size, "expected_batch_size")
         _check_positive(self.learning_rate, "learning_rate")
-        _check_positive(self.noise_multiplier, "noise_multiplier")
+        _check_count(self.rounds, "rounds")
+        if self.noise_multiplier is None:
+            if self.record_epsilon is None:
+                raise TrainingError("a calibrated noise multiplier (None) needs record_epsilon")
+            _check_positive(self.record_epsilon, "record_epsilon")
+        else:
+            _check_positive(self.noise_multiplier, "noise_multiplier")
         _check_positive(self.max_grad_norm, "max_grad_norm")
         if not (0.0 <= self.momentum < 1.0):
             raise TrainingError(f"momentum must be in [0, 1), got {self.momentum!r}")
@@ -310,10 +322,15 @@ class DPSGDTrainer(LocalTrainer):
         from privacy.dpsgd import plan_dp_sgd
 
         size = _check_count(num_samples, "num_samples")
-        return plan_dp_sgd(
-            size, self.config.noise_multiplier,
-            expected_batch_size=min(self.config.expected_batch_size, size), epochs=self.config.epochs,
-        )
+        batch = min(self.config.expected_batch_size, size)
+        sigma = self.config.noise_multiplier
+        if sigma is None:
+            from privacy.dpsgd import calibrate_dp_sgd_noise
+
+            shape = plan_dp_sgd(size, 1.0, expected_batch_size=batch, epochs=self.config.epochs)
+            sigma = calibrate_dp_sgd_noise(shape.sample_rate, shape.steps, self.config.rounds,
+                                           self.config.record_epsilon, self.config.delta)
+        return plan_dp_sgd(size, sigma, expected_batch_size=batch, epochs=self.config.epochs)
 
     def privacy_events(self, num_samples: int) -> tuple[Any, ...]:
         return (self.plan(num_samples).event,)

@@ -17,6 +17,7 @@ import numpy as np
 
 from privacy import rdp as curves
 from privacy.errors import AccountingError, UnsupportedEventError
+from privacy.relations import skellam_add_remove_rdp
 from privacy.events import (
     ComposedEvent,
     DiscreteGaussianEvent,
@@ -57,8 +58,17 @@ def _rdp_cached(event: Event) -> np.ndarray:
         values = curves.discrete_gaussian_rdp(event.sigma, event.l2_sensitivity, orders)
     elif isinstance(event, SkellamEvent):
         values = curves.skellam_rdp(event.mu, event.l2_sensitivity, event.l1_sensitivity, orders)
+    elif isinstance(event, DistributedSkellamEvent) and event.relation == "add-remove":
+        if event.dimension is None:
+            raise UnsupportedEventError("add/remove accounting of a distributed-Skellam event needs its dimension "
+                                        "(the number of coordinates each pays the variance change on)")
+        values = skellam_add_remove_rdp(event.mu_share, event.noise_floor, event.l2_sensitivity, event.dimension,
+                                        orders)
     elif isinstance(event, DistributedSkellamEvent):
         values = curves.skellam_rdp(event.central_mu, event.l2_sensitivity, event.l1_sensitivity, orders)
+    elif isinstance(event, DistributedDiscreteGaussianEvent) and event.relation == "add-remove":
+        raise UnsupportedEventError("add/remove accounting is implemented for distributed Skellam only; the "
+                                    "distributed discrete Gaussian is accounted under zero-out")
     elif isinstance(event, DistributedDiscreteGaussianEvent):
         values = curves.ddgauss_rdp(
             event.local_sigma, event.noise_floor, event.l2_sensitivity, event.l1_sensitivity, event.dimension, orders

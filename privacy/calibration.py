@@ -1,7 +1,9 @@
 """Noise calibration: the smallest noise meeting a target (epsilon, delta), and the inverse maps.
 
 Every ``calibrate_*`` returns a noise scale whose epsilon (by the matching ``*_epsilon``) is at
-most the target: the bisection keeps the conservative end. ``compositions`` = T configures a
+most the target: the bisection keeps the conservative end. Every epsilon here is the ledger
+accountant's answer about an event (:func:`event_epsilon`, :func:`calibrate_event`), so a run
+is calibrated by exactly the computation that later charges and audits it. ``compositions`` = T configures a
 run by its total epsilon over T identical releases (RDP composes additively); T = 1 is per round.
 Units: sensitivities and scales are in the units the noise is added in (integer lattice
 coordinates for the discrete mechanisms).
@@ -15,9 +17,15 @@ from collections.abc import Callable
 import numpy as np
 from scipy import special
 
-from privacy import rdp as curves
-from privacy.accounting import RDP_ORDERS, epsilon_from_rdp
+from privacy.accounting import epsilon_from_rdp, rdp_of
 from privacy.errors import CalibrationError
+from privacy.events import (
+    DiscreteGaussianEvent,
+    DistributedDiscreteGaussianEvent,
+    DistributedSkellamEvent,
+    Event,
+    SkellamEvent,
+)
 
 _BISECTION_STEPS = 200
 _RELATIVE_TOLERANCE = 1e-12
@@ -46,10 +54,12 @@ def _count(value: int, name: str) -> int:
     return int(value)
 
 
-def _smallest_scale(epsilon_at: Callable[[float], float], target: float, name: str) -> float:
-    """Smallest scale s (to relative 1e-12) with epsilon_at(s) <= target, for epsilon_at
-    non-increasing in s; bisection on log s, returning the end that satisfies the target."""
-    low, high = 1.0, 1.0
+def _smallest_scale(epsilon_at: Callable[[float], float], target: float, name: str, *, start: float = 1.0,
+                    tolerance: float = _RELATIVE_TOLERANCE) -> float:
+    """Smallest scale s (to relative ``tolerance``) with epsilon_at(s) <= target, for epsilon_at
+    non-increasing in s; bisection on log s from ``start``, returning the end that satisfies the
+    target."""
+    low, high = start, start
     while epsilon_at(high) > target:
         high *= 4.0
         if high > _SCALE_RANGE[1]:
@@ -64,9 +74,32 @@ def _smallest_scale(epsilon_at: Callable[[float], float], target: float, name: s
             high = middle
         else:
             low = middle
-        if high / low - 1 < _RELATIVE_TOLERANCE:
+        if high / low - 1 < tolerance:
             break
     return high
+
+
+# --- the one path to epsilon: ask the accountant about events ------------------------------------
+
+
+def event_epsilon(event: Event, delta: float, compositions: int = 1) -> float:
+    """epsilon at ``delta`` of ``compositions`` releases of ``event``, by the ledger's own
+    accountant (``privacy.accounting.rdp_of``): the path every calibration below takes."""
+    return epsilon_from_rdp(_count(compositions, "compositions") * rdp_of(event), _delta(delta))[0]
+
+
+def calibrate_event(event_at: Callable[[float], Event], target_epsilon: float, delta: float,
+                    compositions: int = 1, *, name: str = "scale", start: float = 1.0,
+                    tolerance: float = _RELATIVE_TOLERANCE) -> float:
+    """Smallest scale s whose event ``event_at(s)``, released ``compositions`` times, is
+    (target_epsilon, delta)-DP by the accountant, as dp-accounting's ``calibrate_dp_mechanism``
+    asks its accountant about ``make_event(param)``; ``event_at`` must give less privacy loss
+    the larger s is. The returned end always meets the target."""
+    target = _finite_positive(target_epsilon, "target_epsilon")
+    delta = _delta(delta)
+    compositions = _count(compositions, "compositions")
+    return _smallest_scale(lambda s: event_epsilon(event_at(s), delta, compositions), target, name,
+                           start=_finite_positive(start, "start"), tolerance=tolerance)
 
 
 # --- continuous Gaussian ------------------------------------------------------------------------
@@ -132,15 +165,10 @@ def classical_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 
 # --- discrete mechanisms, by RDP ---------------------------------------------------------------
 
 
-def _rdp_epsilon(rdp: np.ndarray, delta: float, compositions: int) -> float:
-    return epsilon_from_rdp(compositions * rdp, delta)[0]
-
-
 def discrete_gaussian_epsilon(sigma: float, delta: float, l2_sensitivity: float, compositions: int = 1) -> float:
     """epsilon at delta of T discrete Gaussian releases, N_Z(0, sigma^2) per coordinate (RDP)."""
-    delta = _delta(delta)
-    rdp = curves.discrete_gaussian_rdp(_finite_positive(sigma, "sigma"), _finite_positive(l2_sensitivity, "l2_sensitivity"), RDP_ORDERS)
-    return _rdp_epsilon(rdp, delta, _count(compositions, "compositions"))
+    event = DiscreteGaussianEvent(_finite_positive(sigma, "sigma"), _finite_positive(l2_sensitivity, "l2_sensitivity"))
+    return event_epsilon(event, delta, compositions)
 
 
 def calibrate_discrete_gaussian_sigma(
@@ -160,14 +188,9 @@ def skellam_epsilon(
     mu: float, delta: float, l2_sensitivity: float, l1_sensitivity: float, compositions: int = 1
 ) -> float:
     """epsilon at delta of T Skellam releases with variance mu per coordinate (RDP)."""
-    delta = _delta(delta)
-    rdp = curves.skellam_rdp(
-        _finite_positive(mu, "mu"),
-        _finite_positive(l2_sensitivity, "l2_sensitivity"),
-        _finite_positive(l1_sensitivity, "l1_sensitivity"),
-        RDP_ORDERS,
-    )
-    return _rdp_epsilon(rdp, delta, _count(compositions, "compositions"))
+    event = SkellamEvent(_finite_positive(mu, "mu"), _finite_positive(l2_sensitivity, "l2_sensitivity"),
+                         _finite_positive(l1_sensitivity, "l1_sensitivity"))
+    return event_epsilon(event, delta, compositions)
 
 
 def calibrate_skellam_mu(
@@ -184,6 +207,36 @@ def calibrate_skellam_mu(
     return sigma * sigma
 
 
+def calibrate_distributed_skellam_share(
+    target_epsilon: float,
+    delta: float,
+    l2_sensitivity: float,
+    l1_sensitivity: float,
+    noise_floor: int,
+    dimension: int,
+    compositions: int = 1,
+    relation: str = "zero-out",
+) -> float:
+    """Smallest per-client Skellam variance mu_share such that ``noise_floor`` shares give
+    (target_epsilon, delta) over ``compositions`` rounds under ``relation``
+    (``privacy.relations``): under zero-out the central mu / floor; under add/remove the search
+    starts there and stops at relative 1e-3 (each step is an exact lattice computation)."""
+    l2 = _finite_positive(l2_sensitivity, "l2_sensitivity")
+    l1 = _finite_positive(l1_sensitivity, "l1_sensitivity")
+    floor, dimension = _count(noise_floor, "noise_floor"), _count(dimension, "dimension")
+
+    def event_at(relation_name: str):
+        # Searching over sqrt(central mu) keeps the scale range the Gaussian's.
+        return lambda s: DistributedSkellamEvent(s * s / floor, floor, l2, l1, relation=relation_name,
+                                                 dimension=dimension)
+
+    root = calibrate_event(event_at("zero-out"), target_epsilon, delta, compositions, name="sqrt(mu)")
+    if relation != "zero-out":
+        root = calibrate_event(event_at(relation), target_epsilon, delta, compositions, name="sqrt(mu)",
+                               start=root, tolerance=1e-3)
+    return root * root / floor
+
+
 def ddgauss_epsilon(
     local_sigma: float,
     delta: float,
@@ -194,16 +247,11 @@ def ddgauss_epsilon(
     compositions: int = 1,
 ) -> float:
     """epsilon at delta of T distributed discrete Gaussian sums of ``clients`` shares (RDP)."""
-    delta = _delta(delta)
-    rdp = curves.ddgauss_rdp(
-        _finite_positive(local_sigma, "local_sigma"),
-        _count(clients, "clients"),
-        _finite_positive(l2_sensitivity, "l2_sensitivity"),
-        _finite_positive(l1_sensitivity, "l1_sensitivity"),
-        _count(dimension, "dimension"),
-        RDP_ORDERS,
-    )
-    return _rdp_epsilon(rdp, delta, _count(compositions, "compositions"))
+    event = DistributedDiscreteGaussianEvent(
+        _finite_positive(local_sigma, "local_sigma"), _count(clients, "clients"),
+        _finite_positive(l2_sensitivity, "l2_sensitivity"), _finite_positive(l1_sensitivity, "l1_sensitivity"),
+        _count(dimension, "dimension"))
+    return event_epsilon(event, delta, compositions)
 
 
 def calibrate_ddgauss_local_sigma(

@@ -34,6 +34,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from fractions import Fraction
 from typing import Any
 
@@ -160,6 +161,31 @@ def plan_dp_sgd(
         rounds = _check_count(epochs, "epochs")
         count = math.ceil(rounds / rate_fraction)  # exact: ⌈epochs·N/B⌉
     return DpSgdPlan(dataset_size=size, sample_rate=rate, steps=count, noise_multiplier=sigma)
+
+
+@lru_cache(maxsize=1024)
+def calibrate_dp_sgd_noise(sample_rate: float, steps: int, rounds: int, record_epsilon: float, delta: float) -> float:
+    """Smallest noise multiplier σ (to relative 1e-4) such that ``rounds`` rounds of ``steps``
+    Poisson-sampled Gaussian steps at rate q are (record_epsilon, delta)-DP at the record level:
+    a client taking part in every round ends at most at its record-level budget.
+
+    The search asks the ledger's RDP curve of the very event each round charges
+    (``privacy.rdp.poisson_subsampled_gaussian_rdp``) at the integer orders 2..256 only: the
+    fractional orders are slow to evaluate, and leaving orders out can only raise ε, so the
+    ledger (which uses every order) charges at most the target."""
+    from privacy.accounting import epsilon_from_rdp
+    from privacy.calibration import _smallest_scale
+    from privacy.rdp import poisson_subsampled_gaussian_rdp
+
+    rate = _check_real(sample_rate, "sample_rate", low=0.0, high=1.0)
+    count = _check_count(steps, "steps") * _check_count(rounds, "rounds")
+    orders = np.arange(2.0, 257.0)
+
+    def epsilon_at(sigma: float) -> float:
+        return epsilon_from_rdp(count * poisson_subsampled_gaussian_rdp(rate, sigma, orders), delta, orders)[0]
+
+    return _smallest_scale(epsilon_at, _check_real(record_epsilon, "record_epsilon", low=0.0), "noise multiplier",
+                           tolerance=1e-4)
 
 
 def opacus_rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:

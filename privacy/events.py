@@ -83,6 +83,12 @@ class DistributedSkellamEvent:
 
     ``survivors`` is the number of inputs actually in the sum, recorded once the round completes
     (``None`` when charged before upload). Accounting uses the floor, the worst accepted case.
+
+    ``relation`` is the neighbouring relation the charge is accounted under
+    (``privacy.relations``): ``"zero-out"`` (the client's data replaced by nothing, its share
+    still in the sum; the default, and what events stored without the field mean) or
+    ``"add-remove"`` (the client and its share leave the sum; needs ``dimension``, the number of
+    integer coordinates, since the variance change is paid on each).
     """
 
     mu_share: float
@@ -90,6 +96,8 @@ class DistributedSkellamEvent:
     l2_sensitivity: float
     l1_sensitivity: float
     survivors: int | None = None
+    relation: str = "zero-out"
+    dimension: int | None = None
 
     def __post_init__(self) -> None:
         _set(self, "mu_share", _positive_finite(self.mu_share, "mu_share"))
@@ -98,6 +106,9 @@ class DistributedSkellamEvent:
         _set(self, "l1_sensitivity", _positive_finite(self.l1_sensitivity, "l1_sensitivity"))
         if self.survivors is not None:
             _set(self, "survivors", _positive_int(self.survivors, "survivors"))
+        _check_relation(self.relation)
+        if self.dimension is not None:
+            _set(self, "dimension", _positive_int(self.dimension, "dimension"))
 
     @property
     def central_mu(self) -> float:
@@ -110,8 +121,9 @@ class DistributedDiscreteGaussianEvent:
     """Distributed discrete Gaussian (Kairouz, Liu, Steinke 2021): each client adds
     N_Z(0, local_sigma^2) to ``dimension`` integer coordinates; at least ``noise_floor`` shares are
     in the sum. The sum of discrete Gaussians is not discrete Gaussian: the DDGauss RDP bound pays
-    a small tau term for it (``privacy.rdp.ddgauss_rdp``). ``survivors`` as in
-    :class:`DistributedSkellamEvent`.
+    a small tau term for it (``privacy.rdp.ddgauss_rdp``). ``survivors`` and ``relation`` as in
+    :class:`DistributedSkellamEvent` (add/remove is not accounted for this mechanism: the
+    accountant refuses it rather than under-count).
     """
 
     local_sigma: float
@@ -120,6 +132,7 @@ class DistributedDiscreteGaussianEvent:
     l1_sensitivity: float
     dimension: int
     survivors: int | None = None
+    relation: str = "zero-out"
 
     def __post_init__(self) -> None:
         _set(self, "local_sigma", _positive_finite(self.local_sigma, "local_sigma"))
@@ -129,6 +142,16 @@ class DistributedDiscreteGaussianEvent:
         _set(self, "dimension", _positive_int(self.dimension, "dimension"))
         if self.survivors is not None:
             _set(self, "survivors", _positive_int(self.survivors, "survivors"))
+        _check_relation(self.relation)
+
+
+#: The neighbouring relations a distributed event can be accounted under (privacy.relations).
+RELATIONS = ("zero-out", "add-remove")
+
+
+def _check_relation(value: Any) -> None:
+    if value not in RELATIONS:
+        raise EventFormatError(f"relation must be one of {RELATIONS}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,28 @@ the lattice codec, the noise and the ledger in between)::
         ... local training from pruned.state ...
         upload  = client_upload(trained - pruned.state, layout, assignment.uploaded_by(i),
                                 clip_norm, weight=weights[i])          # fedp3_aggregation
-        ... encode + integer noise (calibrated to 2·upload.l2_bound) + mask, per group ...
+        ... encode + integer noise share + mask, per group (the guarantee below) ...
     per group g: one secure sum over assignment.senders(g) -> sum_g, survivors_g
     new_state  = aggregate_round(global_state, layout, assignment, sums, weighting=weighting,
                                  survivors=survivors)
 
 :func:`fedp3_upload_bytes` reports the upload saving against sending the whole model.
+
+Which guarantee holds (``federation.fedp3_privacy``; ``privacy.local_privacy`` defines local ε):
+
+- ``--noise distributed`` (the default): each client adds an integer noise *share* to every
+  group it sends. The share is sized so that (a) one client's upload alone, seen by a server
+  colluding with every other client, is (ε_local, δ)-LDP per round on the replace-one
+  sensitivity 2C (ε_local = ``--local-epsilon``, 8 by default for fedp3: the "LDP" in
+  LDP-FedP3), and (b) the per-group sums of at least the floor of senders meet the run's
+  central target under its relation (zero-out by default). The larger of the two wins; the
+  ledger records the event, and ``fedvault audit`` reports both ε per client.
+- ``--noise local``: each upload is (ε, δ)-LDP over the whole run by itself (no reliance on
+  other clients' shares), at a large utility cost.
+- ``--noise none``: no guarantee at all.
+
+The local release is on the integer lattice (Skellam or discrete Gaussian), not a continuous
+Gaussian; FedP3's paper states a Gaussian local release.
 """
 
 from __future__ import annotations

@@ -17,9 +17,13 @@ Clipping and sensitivity: with ``clipping="joint"`` all uploaded groups are scal
 so that the client's whole release has ‖·‖₂ <= C, whichever groups it sends; with
 ``clipping="per_group"`` each of the k uploaded groups is clipped to C/√k, which gives the same
 release bound C (√(k·C²/k)) but shrinks a small group even when only a large one is over. Either
-way the local-DP sensitivity of the release is 2·w·C (w <= 1 the public weight), and noise on the
-separate per-group sums composes to exactly that one Gaussian release, so a client is charged
-once per round, not once per group.
+way a client's release has L2 norm <= w·C (w <= 1 the public weight): replace-one (local)
+sensitivity 2·w·C, zero-out (central) sensitivity w·C. The integer noise each client adds to its
+per-group uploads is independent per coordinate, so the per-group pieces together are one release
+of the whole upload with that sensitivity, and a client is charged once per round, not once per
+group. What the noise guarantees (a local ε per upload, with the distributed remainder on top,
+or a purely local one with ``--noise local``) is stated in ``privacy.fedp3`` and
+``privacy.local_privacy``; this module adds no noise.
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@ Every release is charged *before* the client uploads. A charge whose projected e
 pass the client's budget raises :class:`BudgetExceededError` and records nothing; a projected
 epsilon exactly at the budget is allowed. Each client has separate streams ("update-ldp" for
 update-level LDP, "dp-sgd" for sample-level DP-SGD, "distributed" for its share of distributed
-noise), all composed (RDP addition) into the client's total, which is what the budget bounds.
+noise). Streams are in units (``privacy.units``): "distributed" and "update-ldp" are
+client-level, "dp-sgd" is record-level. Each unit has its own budget and its own total (RDP
+addition over that unit's streams): a record-level ε and a client-level ε measure different
+things and are never added. ``epsilon_after`` is the total of the charged stream's unit.
 
 Entries are append-only. Each is also kept as a :class:`ChainedLedgerEntry` whose SHA-256 hash
 covers the entry (with its event JSON), its sequence number and its predecessor's hash, so
@@ -25,6 +28,7 @@ from typing import Any
 from privacy.accounting import RunningRdp
 from privacy.errors import BudgetExceededError, LedgerError
 from privacy.events import Event, _check_event, event_from_json, event_to_json
+from privacy.units import CLIENT, RECORD, unit_of_stream
 
 STREAMS = ("update-ldp", "dp-sgd", "distributed")
 GENESIS_HASH = "0" * 64
@@ -33,7 +37,7 @@ GENESIS_HASH = "0" * 64
 @dataclass(frozen=True)
 class LedgerEntry:
     """One charge: ``event_json`` is :func:`privacy.events.event_to_json` of the release's event,
-    ``epsilon_after`` the client's total epsilon (all streams) at ``delta`` once it is charged."""
+    ``epsilon_after`` the client's total epsilon in the stream's unit at ``delta`` once charged."""
 
     client_id: int
     round_index: int
@@ -101,7 +105,7 @@ def verify_chain(chain: Sequence[ChainedLedgerEntry]) -> None:
 
 @dataclass
 class _ClientAccount:
-    total: RunningRdp = field(default_factory=RunningRdp)
+    units: dict[str, RunningRdp] = field(default_factory=dict)
     streams: dict[str, RunningRdp] = field(default_factory=dict)
     chain: list[ChainedLedgerEntry] = field(default_factory=list)
 
@@ -122,15 +126,20 @@ def _check_budget(value: Any, name: str) -> float:
 
 
 class BudgetLedger:
-    """Per-client privacy budgets at one delta.
+    """Per-client privacy budgets at one delta, one per unit.
 
-    ``budget_epsilon`` is every client's budget unless ``budgets`` overrides it for some clients.
+    ``budget_epsilon`` is every client's client-level budget unless ``budgets`` overrides it for
+    some clients; ``record_budget_epsilon`` every client's record-level budget (default: the
+    same number as ``budget_epsilon``, in the other unit).
     """
 
     def __init__(
-        self, budget_epsilon: float, delta: float, budgets: Mapping[int, float] | None = None
+        self, budget_epsilon: float, delta: float, budgets: Mapping[int, float] | None = None,
+        record_budget_epsilon: float | None = None,
     ) -> None:
         self._default_budget = _check_budget(budget_epsilon, "budget_epsilon")
+        self._record_budget = self._default_budget if record_budget_epsilon is None else \
+            _check_budget(record_budget_epsilon, "record_budget_epsilon")
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < float(delta) < 1:
             raise LedgerError(f"delta must be in (0, 1), got {delta!r}")
         self._delta = float(delta)
@@ -144,14 +153,19 @@ class BudgetLedger:
     def delta(self) -> float:
         return self._delta
 
-    def budget(self, client_id: int) -> float:
-        """The epsilon budget of ``client_id``."""
-        return self._budgets.get(_check_id(client_id, "client_id"), self._default_budget)
+    def budget(self, client_id: int, unit: str = CLIENT) -> float:
+        """The epsilon budget of ``client_id`` in ``unit``."""
+        client_id = _check_id(client_id, "client_id")
+        if unit == RECORD:
+            return self._record_budget
+        return self._budgets.get(client_id, self._default_budget)
 
-    def epsilon(self, client_id: int) -> float:
-        """The client's total epsilon so far (all streams), at the ledger's delta."""
+    def epsilon(self, client_id: int, unit: str = CLIENT) -> float:
+        """The client's total epsilon so far in ``unit`` (its streams of that unit composed)."""
         account = self._accounts.get(_check_id(client_id, "client_id"))
-        return 0.0 if account is None else account.total.epsilon(self._delta)
+        if account is None or unit not in account.units:
+            return 0.0
+        return account.units[unit].epsilon(self._delta)
 
     def stream_epsilon(self, client_id: int, stream: str) -> float:
         """epsilon of one of the client's streams on its own."""
@@ -161,16 +175,16 @@ class BudgetLedger:
             return 0.0
         return account.streams[stream].epsilon(self._delta)
 
-    def projected_epsilon(self, client_id: int, event: Event) -> float:
-        """The client's total epsilon if ``event`` were charged next."""
+    def projected_epsilon(self, client_id: int, event: Event, unit: str = CLIENT) -> float:
+        """The client's total epsilon in ``unit`` if ``event`` (of that unit) were charged next."""
         _check_event(event, "event")
         account = self._accounts.get(_check_id(client_id, "client_id"))
-        running = RunningRdp() if account is None else account.total
+        running = RunningRdp() if account is None else account.units.get(unit, RunningRdp())
         return running.projected_epsilon(event, self._delta)
 
-    def can_participate(self, client_id: int, event: Event) -> bool:
+    def can_participate(self, client_id: int, event: Event, unit: str = CLIENT) -> bool:
         """Whether charging ``event`` would keep the client within its budget (equal is within)."""
-        return self.projected_epsilon(client_id, event) <= self.budget(client_id)
+        return self.projected_epsilon(client_id, event, unit) <= self.budget(client_id, unit)
 
     def eligible(self, client_ids: Iterable[int], event: Event) -> list[int]:
         """The clients of ``client_ids`` that can take part in a release of ``event`` (the server
@@ -193,17 +207,17 @@ class BudgetLedger:
                 f"client {client_id}: round {round_index} charged after round {account.chain[-1].entry.round_index}; "
                 "the ledger is append-only"
             )
-        running = RunningRdp() if account is None else account.total
-        projected = running.projected_epsilon(event, self._delta)
-        budget = self.budget(client_id)
+        unit = unit_of_stream(stream)
+        projected = self.projected_epsilon(client_id, event, unit)
+        budget = self.budget(client_id, unit)
         if projected > budget:
             raise BudgetExceededError(
-                f"client {client_id} would reach epsilon {projected:.6g} > budget {budget:g} "
+                f"client {client_id} would reach {unit}-level epsilon {projected:.6g} > budget {budget:g} "
                 f"(delta {self._delta:g}) with this {stream} release in round {round_index}; nothing was charged"
             )
         if account is None:
             account = self._accounts[client_id] = _ClientAccount()
-        account.total.add(event)
+        account.units.setdefault(unit, RunningRdp()).add(event)
         account.streams.setdefault(stream, RunningRdp()).add(event)
         entry = LedgerEntry(
             client_id=client_id,
@@ -211,7 +225,7 @@ class BudgetLedger:
             stream=stream,
             event_json=event_to_json(event),
             # The same vector sum and conversion as the projection: bit-identical to
-            # account.total.epsilon(delta), without converting twice.
+            # account.units[unit].epsilon(delta), without converting twice.
             epsilon_after=projected,
             delta=self._delta,
         )
@@ -229,9 +243,9 @@ class BudgetLedger:
         """Clients with at least one charge, sorted."""
         return tuple(sorted(self._accounts))
 
-    def max_epsilon(self) -> float:
-        """The largest total epsilon of any client (0 for an empty ledger)."""
-        return max((self.epsilon(client) for client in self._accounts), default=0.0)
+    def max_epsilon(self, unit: str = CLIENT) -> float:
+        """The largest total epsilon in ``unit`` of any client (0 for an empty ledger)."""
+        return max((self.epsilon(client, unit) for client in self._accounts), default=0.0)
 
     @classmethod
     def replay(

@@ -4,7 +4,9 @@
   sensitivity is that of *replacing* the client's input (2C for an update clipped to C, inflated
   for rounding, ``privacy.calibration.local_l2_sensitivity``).
 - ``distributed``: each client adds a share so that the secure sum of at least ``noise_floor``
-  shares carries the central guarantee (add/remove one client): Skellam mu/n_floor each, or
+  shares carries the central guarantee under the run's neighbouring relation (zero-out by
+  default: one client's data replaced by nothing, its share still in the sum; add/remove on
+  request, ``privacy.relations``): Skellam mu/n_floor each, or
   discrete Gaussian sigma_l = sigma/sqrt(n_floor) with the DDGauss analysis. n_floor = the fewest
   accepted survivors minus the colluders tolerated (their shares are known to the server); a round
   with fewer survivors must abort (:meth:`DistributedNoise.settle`), docs/ALGORITHMS.md §3.5.
@@ -24,11 +26,14 @@ import numpy as np
 from privacy.calibration import (
     calibrate_ddgauss_local_sigma,
     calibrate_discrete_gaussian_sigma,
+    calibrate_distributed_skellam_share,
     calibrate_skellam_mu,
 )
 from privacy.discrete_gaussian import sample_discrete_gaussian
 from privacy.errors import InsufficientSurvivorsError, MechanismError
+from privacy.local_privacy import local_share_for
 from privacy.events import (
+    RELATIONS,
     DiscreteGaussianEvent,
     DistributedDiscreteGaussianEvent,
     DistributedSkellamEvent,
@@ -77,7 +82,9 @@ class LocalNoise:
 class DistributedNoise:
     """Per-client share of distributed noise: ``share_scale`` is mu/n_floor (Skellam) or
     sigma_l (discrete Gaussian), integer units; ``noise_floor`` = ``min_survivors`` -
-    ``tolerated_colluders``; sensitivities are add/remove-one-client sensitivities of the sum."""
+    ``tolerated_colluders``; sensitivities are those of the sum to one client's data (its rounded
+    update: the zero-out relation); ``relation`` is the relation the central guarantee is
+    calibrated and charged under (``privacy.relations``)."""
 
     mechanism: str
     share_scale: float
@@ -86,11 +93,14 @@ class DistributedNoise:
     l2_sensitivity: float
     l1_sensitivity: float
     dimension: int
+    relation: str = "zero-out"
 
     def __post_init__(self) -> None:
         _check_mechanism(self.mechanism)
         for name in ("share_scale", "l2_sensitivity", "l1_sensitivity"):
             _check_positive(getattr(self, name), name)
+        if self.relation not in RELATIONS:
+            raise MechanismError(f"relation must be one of {RELATIONS}, got {self.relation!r}")
         _check_count(self.min_survivors, "min_survivors", 1)
         _check_count(self.tolerated_colluders, "tolerated_colluders", 0)
         _check_count(self.dimension, "dimension", 1)
@@ -108,10 +118,12 @@ class DistributedNoise:
         """The event charged per round (``survivors`` recorded once known)."""
         if self.mechanism == "skellam":
             return DistributedSkellamEvent(
-                self.share_scale, self.noise_floor, self.l2_sensitivity, self.l1_sensitivity, survivors
+                self.share_scale, self.noise_floor, self.l2_sensitivity, self.l1_sensitivity, survivors,
+                relation=self.relation, dimension=self.dimension,
             )
         return DistributedDiscreteGaussianEvent(
-            self.share_scale, self.noise_floor, self.l2_sensitivity, self.l1_sensitivity, self.dimension, survivors
+            self.share_scale, self.noise_floor, self.l2_sensitivity, self.l1_sensitivity, self.dimension, survivors,
+            relation=self.relation,
         )
 
     def settle(self, event: Event, survivors: int) -> Event:
@@ -195,10 +207,17 @@ def distributed_noise_for(
     tolerated_colluders: int = 0,
     l1_sensitivity: float | None = None,
     compositions: int = 1,
+    relation: str = "zero-out",
+    local_epsilon: float | None = None,
 ) -> DistributedNoise:
     """Calibrate per-client shares so that a sum of at least ``min_survivors`` inputs (at most
     ``tolerated_colluders`` of them colluding with the server) is (epsilon, delta)-DP over
-    ``compositions`` rounds. ``l2_sensitivity`` is the add/remove-one-client sensitivity."""
+    ``compositions`` rounds under ``relation`` (``privacy.relations``; zero-out by default).
+    ``l2_sensitivity`` is the sensitivity of the sum to one client's data (its rounded update).
+
+    ``local_epsilon``: a per-round local floor. The share is then at least the noise that makes
+    one client's upload alone (epsilon=local_epsilon, delta)-DP against a server colluding with
+    every other client (``privacy.local_privacy``), whatever the central target needs."""
     _check_mechanism(mechanism)
     l2 = _check_positive(l2_sensitivity, "l2_sensitivity")
     dimension = _check_count(dimension, "dimension", 1)
@@ -208,11 +227,21 @@ def distributed_noise_for(
         raise MechanismError(f"tolerated_colluders ({colluders}) must be below min_survivors ({min_survivors})")
     floor = min_survivors - colluders
     l1 = _l1_default(l2, dimension) if l1_sensitivity is None else _check_positive(l1_sensitivity, "l1_sensitivity")
+    if relation not in RELATIONS:
+        raise MechanismError(f"relation must be one of {RELATIONS}, got {relation!r}")
     if mechanism == "skellam":
-        share = calibrate_skellam_mu(epsilon, delta, l2, l1, compositions) / floor
+        share = calibrate_distributed_skellam_share(epsilon, delta, l2, l1, floor, dimension, compositions, relation)
+    elif relation != "zero-out":
+        raise MechanismError("add/remove is accounted for the skellam mechanism only; use --relation zero-out with "
+                             "discrete_gaussian")
     else:
         share = calibrate_ddgauss_local_sigma(epsilon, delta, l2, l1, dimension, floor, compositions)
-    return DistributedNoise(mechanism, share, min_survivors, colluders, l2, l1, dimension)
+    noise = DistributedNoise(mechanism, share, min_survivors, colluders, l2, l1, dimension, relation)
+    if local_epsilon is not None:
+        floor_share = local_share_for(noise, local_epsilon, delta)
+        if floor_share > share:
+            noise = replace(noise, share_scale=floor_share)
+    return noise
 
 
 def _check_coordinates(coordinates: np.ndarray) -> np.ndarray:

@@ -8,13 +8,16 @@ entry's own sequence number. The audit log's head (last sequence and hash) is ke
 
 What this detects: an edited entry (its hash no longer matches), a deleted, inserted or reordered
 entry (a sequence gap, or a ``prev_hash`` that does not match its predecessor), and a truncated
-tail (the head disagrees). What it cannot: someone able to rewrite the whole chain *and* its head
-consistently, since the chain has no secret key; compare the head against a copy kept elsewhere
-(``expected_head``) for that.
+tail (the head disagrees). A ledger chain's tail is anchored in the audit log: every ledger write
+records its rows' count, digest and each client's new head there (:func:`ledger_anchor`), and
+:func:`cross_check_ledger` compares. What the chains alone cannot catch: someone able to rewrite
+the whole audit chain *and* its head consistently, since the chain has no secret key; a head
+signed by the server and kept elsewhere (``storage.signed_head``) catches that.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, aliased
 
-from storage.canonical import GENESIS_HASH, chain_hash
+from storage.canonical import GENESIS_HASH, canonical_json, chain_hash
 from storage.entities import LedgerEntryWrite
 from storage.errors import IntegrityError, StorageValueError
 from storage.schema import AuditHead, AuditLogEntry, LedgerEntry, Run
@@ -331,3 +334,221 @@ def verify_audit_log(
         raise StorageValueError(f"verify_audit_log needs a Repository, Database or Session, got {type(source).__name__}")
     with source.reading() as session:
         return verify_audit_chains(session, run_id, expected_head=expected_head)
+
+
+# --- the ledger anchored in the audit log ------------------------------------------------------------
+
+
+def ledger_anchor(rows: Sequence[Any]) -> dict[str, Any]:
+    """What an audit entry records about the ledger rows written in its transaction: ``count``,
+    ``sha256`` (SHA-256 of the canonical JSON list of their entry hashes, in write order) and
+    ``heads``: for each client written, ``[sequence, entry_hash, round_index]`` of its newest row.
+
+    The heads anchor every client's chain in the audit log: a ledger row can only be removed,
+    replaced or re-hashed without changing the audit chain if it is newer than every anchor,
+    and no legitimate row is (every write goes through this function).
+    """
+    heads: dict[str, list[Any]] = {}
+    for row in rows:
+        heads[str(row.client_id)] = [row.sequence, row.entry_hash, row.round_index]
+    return {"count": len(rows), "sha256": ledger_digest([row.entry_hash for row in rows]), "heads": heads}
+
+
+def ledger_digest(entry_hashes: Sequence[str]) -> str:
+    """SHA-256 (hex) of the canonical JSON list of ledger entry hashes."""
+    return hashlib.sha256(canonical_json(list(entry_hashes))).hexdigest()
+
+
+@dataclass(frozen=True)
+class LedgerFinding:
+    """One way the ledger disagrees with the audit log: the client and round it concerns (None
+    when unknown), the audit entry that says otherwise, and what is missing or wrong."""
+
+    client_id: int | None
+    round_index: int | None
+    audit_sequence: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.client_id is not None:
+            where.append(f"client {self.client_id}")
+        if self.round_index is not None:
+            where.append(f"round {self.round_index}")
+        if self.audit_sequence is not None:
+            where.append(f"audit entry #{self.audit_sequence}")
+        return f"{', '.join(where) or 'ledger'}: {self.problem}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"client_id": self.client_id, "round_index": self.round_index,
+                "audit_sequence": self.audit_sequence, "problem": self.problem}
+
+
+@dataclass(frozen=True)
+class LedgerCrossCheck:
+    """The ledger checked against the audit log: ``ok`` when no finding; how many audit entries
+    and rounds were compared, how many ledger rows were accounted for."""
+
+    ok: bool
+    audit_entries_checked: int
+    rounds_checked: int
+    ledger_rows: int
+    findings: tuple[LedgerFinding, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "audit_entries_checked": self.audit_entries_checked,
+                "rounds_checked": self.rounds_checked, "ledger_rows": self.ledger_rows,
+                "findings": [finding.as_json() for finding in self.findings]}
+
+
+_LEDGER_EVENTS = ("round.committed", "ledger.charged")
+
+
+def _run_charges(config: Mapping[str, Any]) -> bool:
+    """Whether the run's configuration charges every participant each round (any noise, or
+    DP-SGD inside the clients): then every survivor of a completed round has a ledger entry."""
+    return config.get("noise", "none") != "none" or config.get("trainer") == "dpsgd"
+
+
+def cross_check_ledger_session(session: Session, run_id: int) -> LedgerCrossCheck:
+    """Compare the run's privacy ledger with what its audit log says was written (see
+    :func:`cross_check_ledger`)."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise StorageValueError(f"run {run_id} does not exist")
+    rows = list(session.execute(
+        select(LedgerEntry.id, LedgerEntry.client_id, LedgerEntry.sequence, LedgerEntry.round_index,
+               LedgerEntry.entry_hash).where(LedgerEntry.run_id == run_id).order_by(LedgerEntry.id)))
+    by_client: dict[int, dict[int, Any]] = {}
+    for row in rows:
+        by_client.setdefault(row.client_id, {})[row.sequence] = row
+    audits = list(session.execute(
+        select(AuditLogEntry).where(AuditLogEntry.run_id == run_id, AuditLogEntry.event.in_(_LEDGER_EVENTS))
+        .order_by(AuditLogEntry.sequence)).scalars())
+    findings: list[LedgerFinding] = []
+    claimed: set[int] = set()
+    anchored: dict[int, int] = {}  # client -> newest anchored sequence
+    rounds = 0
+    charges = _run_charges(run.config or {})
+    for audit in audits:
+        payload = audit.payload or {}
+        record = payload.get("ledger_entries") if audit.event == "round.committed" else payload
+        if not isinstance(record, Mapping):
+            findings.append(LedgerFinding(None, audit.round_index, audit.sequence, "the audit entry has no ledger record"))
+            continue
+        heads = record.get("heads")
+        if isinstance(heads, Mapping):
+            mine = _claim_anchored(heads, by_client, anchored, audit, findings)
+        else:  # written before heads were anchored: the next `count` rows in write order
+            mine = [row for row in rows if row.id not in claimed and row.id > max(claimed, default=0)]
+            mine = mine[: int(record.get("count", 0))]
+            for row in mine:  # a later anchored entry starts after these
+                anchored[row.client_id] = max(anchored.get(row.client_id, -1), row.sequence)
+        claimed.update(row.id for row in mine)
+        mine.sort(key=lambda row: row.id)
+        count, digest = record.get("count"), record.get("sha256")
+        if count != len(mine) or digest != ledger_digest([row.entry_hash for row in mine]):
+            findings.append(LedgerFinding(
+                None, audit.round_index, audit.sequence,
+                f"the audit log records {count} ledger entries (sha256 {str(digest)[:12]}…) written here; the "
+                f"ledger holds {len(mine)} of them" + ("" if count != len(mine) else " with a different digest "
+                                                       "(entries rewritten)")))
+        if audit.event == "round.committed":
+            rounds += 1
+            findings.extend(_check_round(audit, payload, rows, charges))
+    for row in rows:
+        if row.id not in claimed:
+            findings.append(LedgerFinding(
+                row.client_id, row.round_index, None,
+                f"ledger entry #{row.sequence} is anchored by no audit-log entry (written outside a recorded "
+                "commit, or the audit log was cut after it)"))
+    return LedgerCrossCheck(not findings, len(audits), rounds, len(rows), tuple(findings))
+
+
+def _claim_anchored(heads: Mapping[str, Any], by_client, anchored: dict[int, int], audit, findings) -> list[Any]:
+    """The rows an anchored audit entry covers: per client, the sequences after its previous
+    anchor up to this head; a finding for each one missing or different."""
+    mine = []
+    for key, head in heads.items():
+        try:
+            client = int(key)
+            sequence, entry_hash, round_index = int(head[0]), str(head[1]), head[2]
+        except (TypeError, ValueError, IndexError):
+            findings.append(LedgerFinding(None, audit.round_index, audit.sequence, f"unreadable ledger head {key!r}"))
+            continue
+        chain = by_client.get(client, {})
+        start = anchored.get(client, -1) + 1
+        missing = [s for s in range(start, sequence + 1) if s not in chain]
+        if missing:
+            what = (f"all of its ledger entries are missing (#{start}..#{sequence})" if not chain
+                    else f"ledger entries {_ranges(missing)} are missing")
+            findings.append(LedgerFinding(client, round_index, audit.sequence,
+                                          f"{what}; the audit log anchors its chain at #{sequence}"))
+        elif chain[sequence].entry_hash != entry_hash:
+            findings.append(LedgerFinding(client, round_index, audit.sequence,
+                                          f"ledger entry #{sequence} differs from the hash the audit log anchors "
+                                          "(the entry or one before it was rewritten)"))
+        mine.extend(chain[s] for s in range(start, sequence + 1) if s in chain)
+        anchored[client] = max(anchored.get(client, -1), sequence)
+    return mine
+
+
+def _check_round(audit, payload: Mapping[str, Any], rows, charges: bool) -> list[LedgerFinding]:
+    """A completed round against the ledger: every entry of the round from a client of its
+    cohort and, in a charging run, every survivor charged in that round."""
+    cohort = set(payload.get("cohort") or ())
+    survivors = payload.get("survivors") or ()
+    round_index = audit.round_index
+    charged = {row.client_id for row in rows if row.round_index == round_index}
+    findings: list[LedgerFinding] = []
+    if payload.get("status") != "completed":  # an aborted round's cohort omits clients deleted meanwhile
+        return findings
+    findings.extend(LedgerFinding(client, round_index, audit.sequence,
+                                  "has a ledger entry for this round but was not in its cohort")
+                    for client in sorted(charged - cohort))
+    if charges:
+        findings.extend(LedgerFinding(client, round_index, audit.sequence,
+                                      "survived this round (its input is in the released sum) but has no "
+                                      "ledger entry for it: the charge is missing")
+                        for client in sorted(set(survivors) - charged))
+    return findings
+
+
+def _ranges(values: Sequence[int]) -> str:
+    parts, start, previous = [], None, None
+    for value in values:
+        if start is None:
+            start = previous = value
+        elif value == previous + 1:
+            previous = value
+        else:
+            parts.append(f"#{start}" if start == previous else f"#{start}..#{previous}")
+            start = previous = value
+    if start is not None:
+        parts.append(f"#{start}" if start == previous else f"#{start}..#{previous}")
+    return ", ".join(parts)
+
+
+def cross_check_ledger(source: Repository | Database | Session, run_id: int) -> LedgerCrossCheck:
+    """Check the run's privacy ledger against its audit log, entry by entry.
+
+    Every audit entry that wrote ledger rows (``round.committed``, ``ledger.charged``) records
+    their count, the SHA-256 of their hashes and each client's new chain head
+    (:func:`ledger_anchor`). The check recomputes those from the ledger and compares; it also
+    checks each committed round against its cohort and survivors, and that no ledger row lies
+    outside every anchor. A finding names the client, the round and what is missing.
+
+    Assumes the audit chain itself verifies (:func:`verify_audit_log`; pin its head with a
+    signed copy, ``storage.signed_head``): the anchors are only as good as the chain holding them.
+    """
+    from storage.engine import Database
+    from storage.repositories import Repository
+
+    if isinstance(source, Session):
+        return cross_check_ledger_session(source, run_id)
+    if isinstance(source, Repository):
+        source = source.database
+    if not isinstance(source, Database):
+        raise StorageValueError(f"cross_check_ledger needs a Repository, Database or Session, got {type(source).__name__}")
+    with source.reading() as session:
+        return cross_check_ledger_session(session, run_id)

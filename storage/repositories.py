@@ -27,8 +27,11 @@ from storage import usage
 from storage.audit import (
     ChainHead,
     ChainVerification,
+    LedgerCrossCheck,
     append_audit_entry,
+    cross_check_ledger_session,
     insert_ledger_entries,
+    ledger_anchor,
     verify_audit_chains,
     verify_ledger_chains,
 )
@@ -327,7 +330,7 @@ class Repository:
                     )
                     record_digests.append([record.client_id, hashlib.sha256(record.ciphertext).hexdigest()])
                 session.execute(insert(SealedRecord), rows)
-            ledger_hashes = [row.entry_hash for row in insert_ledger_entries(session, run_id, write.ledger_entries, now)] if write.ledger_entries else []
+            ledger_rows = insert_ledger_entries(session, run_id, write.ledger_entries, now) if write.ledger_entries else []
             payload = {
                 "status": write.status,
                 "stage": write.stage,
@@ -342,7 +345,7 @@ class Repository:
                 ],
                 "checkpoint": checkpoint_summary,
                 "sealed_records": {"count": len(record_digests), "sha256": _json_digest(sorted(record_digests))},
-                "ledger_entries": {"count": len(ledger_hashes), "sha256": _json_digest(ledger_hashes)},
+                "ledger_entries": ledger_anchor(ledger_rows),
                 "details": dict(write.audit_details),
             }
             append_audit_entry(session, run_id, "round.committed", payload, round_index=write.round_index, now=now)
@@ -603,10 +606,7 @@ class Repository:
             _lock_run(session, run_id)
             _require_active(session, run_id, sorted({e.client_id for e in entries}))
             rows = insert_ledger_entries(session, run_id, entries, now)
-            append_audit_entry(
-                session, run_id, "ledger.charged",
-                {"count": len(rows), "sha256": _json_digest([row.entry_hash for row in rows])}, now=now,
-            )
+            append_audit_entry(session, run_id, "ledger.charged", ledger_anchor(rows), now=now)
             return [ledger_read(row) for row in rows]
 
     def ledger_entries(self, run_id: int, client_id: int | None = None) -> list[LedgerEntryRead]:
@@ -626,6 +626,13 @@ class Repository:
         with self._read() as session:
             _get_run(session, run_id)
             return verify_ledger_chains(session, run_id, client_id)
+
+    def cross_check_ledger(self, run_id: int) -> LedgerCrossCheck:
+        """The run's ledger against the counts, digests, chain heads, cohorts and survivors its
+        audit log records (``storage.audit.cross_check_ledger``)."""
+        with self._read() as session:
+            _get_run(session, run_id)
+            return cross_check_ledger_session(session, run_id)
 
     # --- deletion requests -----------------------------------------------------------------------
 

@@ -524,7 +524,9 @@ def create_app(manager: RoundManager, *, server_secrets: ServerSecrets,
         def verify():
             audit = manager.repository.verify_audit_log(run_id)
             ledger = manager.repository.verify_ledger(run_id)
+            cross = manager.repository.cross_check_ledger(run_id)
             return schemas.VerifyResponse(
+                ledger_matches_audit_log=cross.ok, ledger_findings=[str(f) for f in cross.findings],
                 audit_ok=audit.ok, audit_entries_checked=audit.entries_checked,
                 audit_first_bad=None if audit.first_bad is None else str(audit.first_bad),
                 ledger_ok=ledger.ok, ledger_entries_checked=ledger.entries_checked,

@@ -208,6 +208,11 @@ class VerifyResponse(_Response):
     ledger_ok: bool
     ledger_entries_checked: int
     ledger_first_bad: str | None = None
+    ledger_matches_audit_log: bool = Field(
+        description="The ledger agrees with the counts, SHA-256 digests, per-client chain heads, cohorts and "
+                    "survivors the audit log records.")
+    ledger_findings: list[str] = Field(default_factory=list,
+                                       description="Each disagreement: client, round, audit entry, what is missing.")
 
 
 class TokenRequest(_Request):

@@ -29,9 +29,10 @@ errors = pytest.importorskip("privacy.errors")
 DELTA = 1e-5
 BUDGET = 10.0
 START = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
-REPORT_KEYS = {"run_id", "run_name", "accountant", "delta", "clients", "verification", "failures", "ok"}
+REPORT_KEYS = {"run_id", "run_name", "accountant", "delta", "relation", "clients", "verification", "failures", "ok"}
 CLIENT_KEYS = {"client_id", "status", "rounds_charged", "entries", "epsilon", "delta", "ledger_epsilon", "ledger_delta",
-               "budget", "budget_left", "mechanisms", "streams", "ok", "problems"}
+               "budget", "budget_left", "mechanisms", "streams", "ok", "problems", "relation", "units",
+               "central_epsilon", "local_epsilon", "record_epsilon"}
 CHAIN_KEYS = {"ok", "chains", "entries", "problem"}
 
 # Distributed Skellam: this client's share of noise whose sum over >= 8 clients has variance 8*500.
@@ -49,10 +50,12 @@ class Ledger:
     def __init__(self) -> None:
         self.budget = ledger.BudgetLedger(BUDGET, DELTA)
         self.events: dict[int, list] = {}
+        self.streams: dict[int, list] = {}
 
     def charge(self, client_id: int, round_index: int, stream: str, event) -> LedgerEntryWrite:
         entry = self.budget.charge(client_id, round_index, stream, event)
         self.events.setdefault(client_id, []).append(event)
+        self.streams.setdefault(client_id, []).append(stream)
         return LedgerEntryWrite(**dataclasses.asdict(entry))
 
 
@@ -155,7 +158,11 @@ def test_table_epsilon_equals_a_fresh_accountant_over_the_stored_events(ledgers)
     for client, client_events in mixed.events.items():
         fresh = accounting.recompute_epsilon(client_events, DELTA, accountant="rdp")
         assert rows[client][3] == f"{fresh:.4f}"
-        assert rows[client][7] == f"{BUDGET - fresh:.4f}"
+        streams = mixed.streams[client]
+        units = [accounting.recompute_epsilon(u, DELTA) for u in (
+            [e for s, e in zip(streams, client_events) if s != "dp-sgd"],
+            [e for s, e in zip(streams, client_events) if s == "dp-sgd"]) if u]
+        assert rows[client][7] == f"{BUDGET - max(units):.4f}"  # each unit against its own budget
     assert rows[5][2:4] == ["0", "0.0000"]  # enrolled, never charged
     assert rows[4][1] == "deleted" and rows[1][1] == "active"
     assert result.output.rstrip().endswith("audit passed: every stored epsilon reproduced, every client within budget, "
@@ -168,8 +175,10 @@ def test_json_report_has_the_documented_keys_and_exact_values(ledgers):
     assert set(report) == REPORT_KEYS
     assert (report["run_id"], report["run_name"], report["accountant"], report["delta"]) == (1, "mixed", "rdp", None)
     assert report["ok"] is True and report["failures"] == []
-    assert set(report["verification"]) == {"ledger", "audit_log"}
-    assert all(set(chain) == CHAIN_KEYS and chain["ok"] for chain in report["verification"].values())
+    assert set(report["verification"]) == {"ledger", "audit_log", "ledger_vs_audit_log", "saved_head"}
+    assert report["verification"]["ledger_vs_audit_log"]["ok"] is True and report["verification"]["saved_head"] is None
+    assert all(set(report["verification"][key]) == CHAIN_KEYS and report["verification"][key]["ok"]
+               for key in ("ledger", "audit_log"))
     assert report["verification"]["ledger"]["chains"] == 4  # clients with entries
     assert report["verification"]["ledger"]["entries"] == 12
     clients = {c["client_id"]: c for c in report["clients"]}
@@ -177,8 +186,21 @@ def test_json_report_has_the_documented_keys_and_exact_values(ledgers):
     for client, client_events in mixed.events.items():
         fresh = accounting.recompute_epsilon(client_events, DELTA, accountant="rdp")
         assert clients[client]["epsilon"] == pytest.approx(fresh, rel=1e-12)
-        assert clients[client]["budget_left"] == pytest.approx(BUDGET - fresh, rel=1e-12)
-        assert clients[client]["ledger_epsilon"] == mixed.budget.epsilon(client)
+        streams = mixed.streams[client]
+        update = [e for s, e in zip(streams, client_events) if s != "dp-sgd"]
+        dpsgd = [e for s, e in zip(streams, client_events) if s == "dp-sgd"]
+        units = [accounting.recompute_epsilon(u, DELTA) for u in (update, dpsgd) if u]
+        assert clients[client]["budget_left"] == pytest.approx(BUDGET - max(units), rel=1e-12)
+        last_unit = "record" if streams[-1] == "dp-sgd" else "client"
+        assert clients[client]["ledger_epsilon"] == mixed.budget.epsilon(client, last_unit)
+        assert clients[client]["central_epsilon"] == pytest.approx(accounting.recompute_epsilon(update, DELTA),
+                                                                   rel=1e-12)
+        assert clients[client]["units"] == (["client", "record"] if dpsgd else ["client"])
+        assert clients[client]["relation"] == "zero-out"
+        assert clients[client]["local_epsilon"] > clients[client]["central_epsilon"]
+    one = clients[1]
+    dpsgd_only = accounting.recompute_epsilon([DPSGD, DPSGD], DELTA)
+    assert one["record_epsilon"] <= dpsgd_only + 1e-12  # the smaller of two valid record-level bounds
     one = clients[1]
     assert (one["rounds_charged"], one["entries"], one["streams"]) == (3, 5, ["distributed", "dp-sgd"])
     assert one["mechanisms"] == ["distributed_skellam", "poisson-sampled gaussian"]
@@ -269,19 +291,19 @@ def test_a_stored_epsilon_the_accountant_does_not_reproduce_fails_even_with_inta
     true_epsilon = _running_epsilon([SKELLAM])
     with Repository.open(path, create=False) as repository:
         # Hash-chained correctly by the repository, but the ε it claims is 0.1% low.
-        repository.append_ledger_entries(1, [LedgerEntryWrite(5, 2, "distributed", events.event_to_json(SKELLAM),
+        repository.append_ledger_entries(1, [LedgerEntryWrite(5, 3, "distributed", events.event_to_json(SKELLAM),
                                                               true_epsilon * 0.999, DELTA)])
     report = json.loads(_invoke("--db", path, "--run", "1", "--json").stdout)
     assert report["verification"]["ledger"]["ok"] and report["verification"]["audit_log"]["ok"]
     assert report["ok"] is False
     assert len(report["failures"]) == 1
-    assert report["failures"][0].startswith("client 5: ledger entry #0 (round 2, distributed) stores epsilon_after=")
+    assert report["failures"][0].startswith("client 5: ledger entry #0 (round 3, distributed) stores epsilon_after=")
 
 
 def test_a_mismatch_within_one_millionth_relative_passes(ledgers):
     path, _, _ = ledgers
     with Repository.open(path, create=False) as repository:
-        repository.append_ledger_entries(1, [LedgerEntryWrite(5, 2, "distributed", events.event_to_json(SKELLAM),
+        repository.append_ledger_entries(1, [LedgerEntryWrite(5, 3, "distributed", events.event_to_json(SKELLAM),
                                                               _running_epsilon([SKELLAM]) * (1 + 5e-7), DELTA)])
     assert _invoke("--db", path, "--run", "1").exit_code == 0
 
@@ -304,7 +326,7 @@ def test_a_client_over_budget_fails_the_audit(tmp_path):
             refusing.charge(1, index, "dp-sgd", DPSGD)
     result = _invoke("--db", path)
     assert result.exit_code == 1
-    assert f"client 1: spent epsilon={spent:.9g} at delta=1e-05, over its budget of 0.5" in result.output
+    assert f"client 1: spent record-level epsilon={spent:.9g} at delta=1e-05, over its budget of 0.5" in result.output
     assert "audit FAILED (1 problem):" in result.output  # every stored ε itself reproduces
 
 
@@ -352,7 +374,12 @@ def test_delta_override_reports_epsilon_at_that_delta(ledgers):
             assert client["epsilon"] == pytest.approx(fresh, rel=1e-12)
             assert client["epsilon"] > client["ledger_epsilon"]  # smaller δ, larger ε
             # the budget is stated at the client's δ, so what is left of it is measured there
-            assert client["budget_left"] == pytest.approx(BUDGET - client["ledger_epsilon"], rel=1e-12)
+            cid = client["client_id"]
+            streams, client_events = mixed.streams[cid], mixed.events[cid]
+            units = [accounting.recompute_epsilon(u, DELTA) for u in (
+                [e for s, e in zip(streams, client_events) if s != "dp-sgd"],
+                [e for s, e in zip(streams, client_events) if s == "dp-sgd"]) if u]
+            assert client["budget_left"] == pytest.approx(BUDGET - max(units), rel=1e-12)
 
 
 def test_client_option_audits_one_client(ledgers):

@@ -91,8 +91,22 @@ def test_a_configured_threshold_above_a_groups_senders_is_clamped_to_them():
     assert noise_floor(config, senders=6) == 6  # not 10: the group's sum could never reach it
 
 
+def test_by_default_every_upload_carries_the_local_floor_with_the_central_remainder_on_top():
+    from federation.config import FEDP3_LOCAL_EPSILON
+    from privacy.local_privacy import round_local_epsilon
+
+    config, _, rounds = fedp3_rounds()
+    assert config.local_epsilon is None and config.local_epsilon_floor == FEDP3_LOCAL_EPSILON
+    event = rounds.privacy.round_event()
+    assert round_local_epsilon(event, config.delta) <= FEDP3_LOCAL_EPSILON
+    assert round_local_epsilon(event, config.delta) == pytest.approx(FEDP3_LOCAL_EPSILON, rel=1e-6)
+    # each group's share is at least the joint share the floor was met with
+    assert all(share.scale >= event.mu_share * (1 - 1e-12) for share in rounds.privacy.group_shares.values())
+    assert recompute_epsilon([event] * config.rounds, config.delta) <= config.target_epsilon
+
+
 def test_every_group_sum_carries_the_central_skellam_noise_and_one_event_covers_the_run():
-    config, model, rounds = fedp3_rounds()
+    config, model, rounds = fedp3_rounds(local_epsilon=1e6)  # a floor that never binds: the central target does
     planner = rounds.privacy
     event = planner.round_event()
     floors = {group: share.floor for group, share in planner.group_shares.items()}

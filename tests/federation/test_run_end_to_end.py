@@ -144,9 +144,16 @@ def test_dp_sgd_run_charges_both_streams_and_refusals_are_explained(tmp_path):
     with Repository.open(str(db)) as repository:
         streams = {entry.stream for entry in repository.ledger_entries(report["run_id"])}
     assert streams == {"distributed", "dp-sgd"}
-    refused, _ = _run(tmp_path / "tight", "--trainer", "dpsgd", "--rounds", "1", "--epsilon", "50")
+    # Record- and client-level ε have their own budgets: the default DP-SGD noise is calibrated to the
+    # record budget, so a budget equal to the target no longer refuses anyone ...
+    fits, _ = _run(tmp_path / "fits", "--trainer", "dpsgd", "--rounds", "1", "--epsilon", "50")
+    assert fits["rounds_aborted"] == 0
+    # ... while fixed DP-SGD noise over a tight record budget is declined by the clients themselves.
+    refused, _ = _run(tmp_path / "tight", "--trainer", "dpsgd", "--rounds", "1", "--epsilon", "50",
+                      "--dpsgd-noise", "0.5", "--record-budget", "1")
     assert refused["rounds_aborted"] == 1
     assert "declines round 0" in refused["rounds"][0]["abort_reason"]
+    assert "record-level epsilon" in refused["rounds"][0]["abort_reason"]
 
 
 def test_an_explicit_bit_width_that_cannot_hold_the_sum_is_refused(tmp_path):

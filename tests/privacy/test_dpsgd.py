@@ -261,3 +261,31 @@ def test_training_refuses_mismatches_before_touching_the_model():
         train_dp_sgd(model, optimizer, [(torch.zeros(4), 0)], plan, max_grad_norm=1.0, delta=DELTA)
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b)
+
+
+def test_the_calibrated_default_noise_spends_at_most_the_record_budget_over_the_run():
+    from privacy.accounting import recompute_epsilon
+    from privacy.dpsgd import calibrate_dp_sgd_noise, dp_sgd_event
+
+    sigma = calibrate_dp_sgd_noise(0.45, 11, 5, 16.0, 1e-5)
+    one_round = dp_sgd_event(sigma, 0.45, 11)
+    spent = recompute_epsilon([one_round] * 5, 1e-5)  # the ledger's accountant, every order
+    assert 0.9 * 16.0 < spent <= 16.0
+    assert recompute_epsilon([dp_sgd_event(sigma * 0.9, 0.45, 11)] * 5, 1e-5) > spent  # less noise costs more
+    # the old fixed default (σ = 1) spent 11 of the 16 in the first round alone
+    assert recompute_epsilon([dp_sgd_event(1.0, 0.45, 11)], 1e-5) > 10
+
+
+def test_a_dpsgd_trainer_without_sigma_calibrates_per_client_size():
+    pytest.importorskip("torch")
+    from torch import nn
+
+    from federation.trainers import DPSGDConfig, DPSGDTrainer
+    from privacy.accounting import recompute_epsilon
+
+    trainer = DPSGDTrainer(nn.Linear(4, 2), DPSGDConfig(epochs=2, expected_batch_size=16, noise_multiplier=None,
+                                                        record_epsilon=6.0, rounds=3))
+    for size in (40, 200):
+        plan = trainer.plan(size)
+        assert recompute_epsilon([plan.event] * 3, 1e-5) <= 6.0
+    assert trainer.plan(40).noise_multiplier != trainer.plan(200).noise_multiplier

@@ -55,19 +55,35 @@ def test_a_budget_a_hair_below_the_edge_refuses_that_charge():
     assert len(ledger.history(1)) == 2
 
 
-def test_streams_are_separate_and_compose_into_the_client_total():
+def test_streams_compose_within_their_unit_and_units_stay_apart():
     ledger = BudgetLedger(budget_epsilon=50.0, delta=DELTA)
     ldp = SkellamEvent(400.0, 2.0, 4.0)
     sgd = SelfComposedEvent(PoissonSampledEvent(0.01, GaussianEvent(1.0)), 100)
-    ledger.charge(3, 0, "update-ldp", ldp)
-    ledger.charge(3, 0, "dp-sgd", sgd)
-    ledger.charge(3, 1, "update-ldp", ldp)
+    first = ledger.charge(3, 0, "update-ldp", ldp)
+    record = ledger.charge(3, 0, "dp-sgd", sgd)
+    second = ledger.charge(3, 1, "update-ldp", ldp)
     assert ledger.stream_epsilon(3, "update-ldp") == pytest.approx(recompute_epsilon([ldp, ldp], DELTA))
     assert ledger.stream_epsilon(3, "dp-sgd") == pytest.approx(recompute_epsilon([sgd], DELTA))
-    total = ledger.epsilon(3)
-    assert total == pytest.approx(recompute_epsilon([ldp, sgd, ldp], DELTA), rel=1e-12)
-    assert total > max(ledger.stream_epsilon(3, "update-ldp"), ledger.stream_epsilon(3, "dp-sgd"))
+    # client-level (update noise) and record-level (DP-SGD) totals are never added
+    assert ledger.epsilon(3) == pytest.approx(recompute_epsilon([ldp, ldp], DELTA), rel=1e-12)
+    assert ledger.epsilon(3, "record") == pytest.approx(recompute_epsilon([sgd], DELTA), rel=1e-12)
+    assert (first.epsilon_after, record.epsilon_after, second.epsilon_after) == (
+        pytest.approx(recompute_epsilon([ldp], DELTA)), pytest.approx(recompute_epsilon([sgd], DELTA)),
+        pytest.approx(recompute_epsilon([ldp, ldp], DELTA)))
     assert ledger.stream_epsilon(3, "distributed") == 0.0
+
+
+def test_each_unit_has_its_own_budget():
+    sgd = SelfComposedEvent(PoissonSampledEvent(0.05, GaussianEvent(1.0)), 50)
+    ldp = SkellamEvent(400.0, 2.0, 4.0)
+    per_round = recompute_epsilon([sgd], DELTA)
+    ledger = BudgetLedger(budget_epsilon=50.0, delta=DELTA, record_budget_epsilon=per_round * 1.05)
+    ledger.charge(1, 0, "dp-sgd", sgd)
+    with pytest.raises(BudgetExceededError, match="record-level epsilon"):
+        ledger.charge(1, 1, "dp-sgd", sgd)  # the record budget is spent ...
+    ledger.charge(1, 1, "update-ldp", ldp)  # ... the client-level one is not
+    assert ledger.budget(1, "record") == per_round * 1.05 and ledger.budget(1) == 50.0
+    assert ledger.can_participate(1, ldp) and not ledger.can_participate(1, sgd, "record")
 
 
 def test_entries_store_replayable_events_and_epsilon_after():

@@ -210,6 +210,7 @@ def test_operator_endpoints_need_the_operator_token(enrolled):
     assert [e["event"] for e in audit].count("client.enrolled") == 6
     verify = http.get("/v1/operator/verify", headers={"Authorization": f"Bearer {OPERATOR}"}).json()
     assert verify["audit_ok"] and verify["ledger_ok"]
+    assert verify["ledger_matches_audit_log"] and verify["ledger_findings"] == []
 
 
 def test_the_operator_issues_enrolment_tokens_for_the_runs_client_ids(service):

@@ -243,6 +243,7 @@ def test_server_and_client_processes_survive_kills_and_restarts(work, server):
     assert {e.client_id for e in after[2] if e.round_index == 1} >= set(round_1.survivors)
     verify = server.operator("/v1/operator/verify")
     assert verify["audit_ok"] and verify["ledger_ok"]
+    assert verify["ledger_matches_audit_log"], verify["ledger_findings"]
     # Clients that were never killed finished cleanly.
     finished = (set(range(CLIENTS)) - set(crash_plan)) | {unmask_victim}
     assert {c: exits.get(c) for c in finished} == {c: 0 for c in finished}
