@@ -7,7 +7,7 @@ from scipy.stats import chi2
 
 from secagg.errors import ConfigurationError, ProtocolError
 from secagg.simulate import LocalRound, make_config, run_secure_sum, simulate_round
-from secagg.stages import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
+from secagg.stages import ADVERTISE_KEYS, CONSISTENCY, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
 from secagg.wire import MaskedInputResponse
 
 RNG = np.random.default_rng(20240611)  # test data only; nothing secret comes from numpy
@@ -66,6 +66,7 @@ def test_result_is_read_only_and_names_survivors_and_dropouts():
         ADVERTISE_KEYS: frozenset(),
         SHARE_KEYS: frozenset(),
         MASKED_INPUT: frozenset({2}),
+        CONSISTENCY: frozenset(),
         UNMASK: frozenset(),
     }
 
@@ -125,6 +126,7 @@ def test_the_server_view_of_a_masked_vector_is_uniform():
     assert not np.array_equal(masked, MaskedInputResponse.from_bytes(replies[1]).vector)
     local.deliver(replies)
     local.advance()
+    local.step()  # consistency
     local.step()
     assert not local.server.result.sum.any()
 
