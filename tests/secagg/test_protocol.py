@@ -143,3 +143,17 @@ def test_a_finished_round_accepts_nothing_more():
         local.server.receive(0, replies[0])
     with pytest.raises(ProtocolError, match="finished"):
         local.server.advance()
+
+
+def test_the_consistency_round_costs_one_stage_and_changes_no_sum():
+    vectors = random_inputs(range(6), 10, 8)
+    drops = {MASKED_INPUT: {2}, CONSISTENCY: {4}}
+    defended = simulate_round(vectors, 8, neighbours_k=5, threshold=3, dropouts=drops)
+    legacy = simulate_round(vectors, 8, neighbours_k=5, threshold=3, dropouts=drops, consistency_check=False)
+    assert np.array_equal(defended.result.sum, legacy.result.sum)
+    assert np.array_equal(defended.result.sum, exact_sum(vectors, {0, 1, 3, 4, 5}, 8))
+    assert defended.result.dropped[CONSISTENCY] == {4} and CONSISTENCY not in legacy.result.dropped
+    assert legacy.result.dropped[UNMASK] == {4}  # without the stage the drop lands on the unmask
+    # One 64-byte signature up per survivor (plus the header), the set and the signatures down.
+    assert defended.upload_bytes[0][CONSISTENCY] == 46 + 4 + 64
+    assert defended.download_bytes[0][UNMASK] - legacy.download_bytes[0][UNMASK] == 4 * (4 + 64)
