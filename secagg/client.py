@@ -175,6 +175,8 @@ class SecAggClient:
         self._revealed_key_owners: set[int] = set()
         self._signed_survivors: tuple[int, ...] | None = None
         self._consistency_reply: bytes | None = None
+        self._consistency_transcript: bytes | None = None
+        self._consistency_signature: bytes | None = None
 
     # --- public state ------------------------------------------------------------------------
 
@@ -472,9 +474,13 @@ class SecAggClient:
                 f"client {me} refuses: the survivor set has {len(survivors)} clients, below its "
                 f"floor of {self.quorum} (threshold {config.threshold})"
             )
-        signature = self._identity.sign(consistency_transcript(config, self._iid, survivors))
-        response = ConsistencyResponse(config.round_index, config.instance_nonce, me, signature).to_bytes()
+        transcript = consistency_transcript(config, self._iid, survivors)
+        signature = self._identity.sign(transcript)
+        response = ConsistencyResponse(
+            config.round_index, config.instance_nonce, me, self.quorum, signature
+        ).to_bytes()
         self._signed_survivors, self._consistency_reply = survivors, response
+        self._consistency_transcript, self._consistency_signature = transcript, signature
         self._next_request = 4
         return response
 
@@ -497,11 +503,16 @@ class SecAggClient:
         # The first ``quorum`` signatures (by signer) must all verify; those beyond are not
         # examined: a quorum of valid ones is the whole guarantee, and it keeps the cost at
         # ``quorum`` verifications instead of |S|.
-        transcript = consistency_transcript(self._config, self._iid, survivors)
+        transcript = self._consistency_transcript
         for entry in request.signatures[: self.quorum]:
+            if entry.signer == me:  # Ed25519 is deterministic: its own signature, byte for byte
+                if not hmac.compare_digest(entry.signature, self._consistency_signature):
+                    raise ConsistencyError(
+                        f"client {me} refuses: the consistency signature forwarded as its own is not the "
+                        "one it made"
+                    )
+                continue
             identity_key = self._identity_keys.get(entry.signer)
-            if entry.signer == me:
-                identity_key = self._identity.public_bytes
             if identity_key is None:
                 raise ConsistencyError(f"client {me} refuses: no enrolled identity key for signer {entry.signer}")
             try:

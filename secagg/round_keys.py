@@ -81,13 +81,17 @@ def consistency_transcript(config: RoundConfig, iid: bytes, survivors: Sequence[
     ids = tuple(survivors)
     if any(later <= earlier for earlier, later in zip(ids, ids[1:])):
         raise ConfigurationError("survivors must be sorted without repeats")
+    try:
+        packed = b"".join(client_id.to_bytes(4, "big") for client_id in ids)  # one part, not |S|
+    except (AttributeError, OverflowError):
+        raise ConfigurationError("survivors must be client ids in 0..2**32 - 1") from None
     return encode_parts(
         _CONSISTENCY_LABEL,
         config.round_index,
         config.instance_nonce,
         _check_instance_id(iid),
         len(ids),
-        *ids,
+        packed,
     )
 
 

@@ -12,11 +12,14 @@ U1 shared keys, U2 sent a masked input, U3 signed U2 in the consistency round, U
 unmask request.
 
 Consistency round (Bonawitz et al. 2017, active adversary): after MASKED_INPUT the server sends U2
-to every member, verifies each returned Ed25519 signature on (round, nonce, instance id, U2) and
-forwards all of them in every unmask request; a client reveals nothing without at least its
-quorum of valid signatures on the set it signed itself (``secagg.client``). An honest server loses
-nothing by it: the stage costs one signature per survivor up and |U3| signatures down, and its
-dropouts are tolerated like any other stage's (the round goes on while U3 keeps at least
+to every member; each returns its Ed25519 signature on (round, nonce, instance id, U2) and the
+quorum it will demand. The server forwards to each client in U3 the first ``quorum`` verified
+signatures (by signer); a client reveals nothing without them (``secagg.client``). The server
+verifies signatures only as far as the largest declared quorum needs: at the door while it holds
+fewer verified ones than that, and at the close in signer order for any shortfall, where a client
+whose signature fails is dropped from U3 (it deviated; its input stays in the sum). So the stage
+costs the server max(quorum) verifications, not |U2|, and each client ``quorum`` signatures down.
+Its dropouts are tolerated like any other stage's (the round goes on while U3 keeps at least
 ``minimum_survivors`` clients and every owner t live holders). ``consistency_check=False`` runs
 the pre-consistency protocol, for the attack tests and the benchmark baseline only.
 
@@ -81,6 +84,7 @@ from secagg.wire import (
     ShareKeysRequest,
     ShareKeysResponse,
     SurvivorSignature,
+    SurvivorSignatures,
     UnmaskRequest,
     UnmaskResponse,
     decode_message,
@@ -157,6 +161,8 @@ class SecAggServer:
         self._masked_senders: set[int] = set()  # U2
         self._consistency_transcript = b""  # what every survivor signs, once U2 is known
         self._signatures: dict[int, bytes] = {}  # U3: signer -> its consistency signature on U2
+        self._quorums: dict[int, int] = {}  # signer -> how many signatures it will demand
+        self._verified: set[int] = set()  # signers whose signature has been checked
         self._unmask_requests: dict[int, UnmaskRequest] = {}
         self._seed_shares: dict[int, list[Share]] = {}  # owner -> revealed shares of b_owner
         self._key_shares: dict[int, list[Share]] = {}  # owner -> revealed shares of its mask key
@@ -330,15 +336,43 @@ class SecAggServer:
         np.add(self._masked_sum, reply.vector, out=self._masked_sum)
         self._masked_senders.add(reply.sender)
 
-    def _receive_consistency(self, reply: ConsistencyResponse) -> None:
+    @property
+    def _base_quorum(self) -> int:
+        return max(self._config.threshold, self._config.minimum_survivors)
+
+    def _needed_signatures(self) -> int:
+        return max(self._base_quorum, max(self._quorums.values(), default=0))
+
+    def _consistency_signature_valid(self, signer: int, signature: bytes) -> bool:
         try:
-            verify_signature(self._identity_keys[reply.sender], self._consistency_transcript, reply.signature)
-        except AuthenticationError as error:
-            raise ProtocolError(
-                f"consistency signature of client {reply.sender} does not verify "
-                "(forged, or on another survivor set or round)"
-            ) from error
+            verify_signature(self._identity_keys[signer], self._consistency_transcript, signature)
+        except AuthenticationError:
+            return False
+        return True
+
+    def _receive_consistency(self, reply: ConsistencyResponse) -> None:
+        needed = max(self._needed_signatures(), reply.quorum)
+        if len(self._verified) < needed:
+            if not self._consistency_signature_valid(reply.sender, reply.signature):
+                raise ProtocolError(
+                    f"consistency signature of client {reply.sender} does not verify "
+                    "(forged, or on another survivor set or round)"
+                )
+            self._verified.add(reply.sender)
         self._signatures[reply.sender] = reply.signature
+        self._quorums[reply.sender] = reply.quorum
+
+    def _settle_signatures(self) -> None:
+        """Verify unchecked signatures in signer order until the largest quorum is met; drop any
+        signer whose signature fails (it deviated: it is not in U3)."""
+        for signer in sorted(set(self._signatures) - self._verified):
+            if len(self._verified) >= min(self._needed_signatures(), len(self._signatures)):
+                return
+            if self._consistency_signature_valid(signer, self._signatures[signer]):
+                self._verified.add(signer)
+            else:
+                del self._signatures[signer], self._quorums[signer]
+                self._responded.discard(signer)
 
     def _receive_unmask(self, reply: UnmaskResponse) -> None:
         sender = reply.sender
@@ -372,6 +406,8 @@ class SecAggServer:
         """
         self._check_open()
         stage = self._stages[self._stage_index]
+        if stage == CONSISTENCY:
+            self._settle_signatures()
         live = frozenset(self._responded)
         self._dropped[stage] = frozenset(self._requests) - live
         try:
@@ -454,14 +490,18 @@ class SecAggServer:
         config = self._config
         survivors = frozenset(self._masked_senders)
         dropped = frozenset(self._sealed) - survivors
-        signatures = tuple(SurvivorSignature(signer, self._signatures[signer]) for signer in sorted(self._signatures))
+        verified = [SurvivorSignature(s, self._signatures[s]) for s in sorted(self._verified & self._signatures.keys())]
+        bundles: dict[int, SurvivorSignatures] = {}  # by quorum: each encoded once
         recipients = sorted(self._signatures) if CONSISTENCY in self._stages else sorted(survivors)
         requests = {}
         for recipient in recipients:
             seed_owners = tuple(sorted(self._graph.holders(recipient) & survivors))
             key_owners = tuple(sorted(self._graph.neighbours(recipient) & dropped))
+            quorum = self._quorums.get(recipient, 0)
+            if quorum not in bundles:
+                bundles[quorum] = SurvivorSignatures(tuple(verified[:quorum]))
             request = UnmaskRequest(
-                config.round_index, config.instance_nonce, recipient, seed_owners, key_owners, signatures
+                config.round_index, config.instance_nonce, recipient, seed_owners, key_owners, bundles[quorum]
             )
             self._unmask_requests[recipient] = request
             requests[recipient] = request.to_bytes()

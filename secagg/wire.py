@@ -87,6 +87,7 @@ __all__ = [
     "ShareKeysRequest",
     "ShareKeysResponse",
     "SurvivorSignature",
+    "SurvivorSignatures",
     "UnmaskRequest",
     "UnmaskResponse",
     "decode_message",
@@ -543,6 +544,13 @@ class MaskedInputResponse(_Header):
 
 
 def _client_ids(name: str, value: object) -> tuple[int, ...]:
+    if isinstance(value, tuple) and all(type(i) is int for i in value):  # noqa: E721 - the fast path
+        if value and (value[0] < 0 or value[-1] > MAX_CLIENT_ID):
+            raise MalformedMessageError(f"{name} must be in 0..{MAX_CLIENT_ID}")
+        if len(value) > MAX_CLIENTS:
+            raise MalformedMessageError(f"{name} has {len(value)} entries; at most {MAX_CLIENTS}")
+        _check_sorted_ids(name, value)  # sorted, so first and last bound every entry
+        return value
     ids = _check_tuple(name, value, (int, np.integer), MAX_CLIENTS)
     ids = tuple(_check_client_id(name, i) for i in ids)
     _check_sorted_ids(name, ids)
@@ -556,7 +564,7 @@ def _client_ids_bytes(ids: tuple[int, ...]) -> bytes:
 def _parse_client_ids(reader: _Reader, name: str) -> tuple[int, ...]:
     count = reader.count(name, 4, MAX_CLIENTS)
     raw = reader.take(4 * count, name)
-    return tuple(int.from_bytes(raw[i : i + 4], "big") for i in range(0, 4 * count, 4))
+    return tuple(struct.unpack(f">{count}I", raw))
 
 
 @dataclass(frozen=True)
@@ -586,23 +594,26 @@ class ConsistencyRequest(_Header):
 @dataclass(frozen=True)
 class ConsistencyResponse(_Header):
     """Client -> server: its Ed25519 signature over ``round_keys.consistency_transcript`` of the
-    survivor set it was told."""
+    survivor set it was told, and ``quorum``: how many valid signatures on that set it will
+    demand before it unmasks (so the server forwards, and verifies, no more than needed)."""
 
     sender: int
+    quorum: int
     signature: bytes
 
     TYPE: ClassVar[int] = CONSISTENCY_RESPONSE
-    _BODY: ClassVar[struct.Struct] = struct.Struct(">I64s")
+    _BODY: ClassVar[struct.Struct] = struct.Struct(">II64s")
 
     def __post_init__(self) -> None:
         self._check_header()
         _check_client_id("sender", self.sender)
+        _check_int("quorum", self.quorum, 1, MAX_CLIENTS)
         object.__setattr__(
             self, "signature", _check_bytes("signature", self.signature, SIGNATURE_LENGTH)
         )
 
     def _body_bytes(self) -> bytes:
-        return self._BODY.pack(self.sender, self.signature)
+        return self._BODY.pack(self.sender, self.quorum, self.signature)
 
     @classmethod
     def _parse(cls, round_index: int, nonce: bytes, reader: _Reader) -> ConsistencyResponse:
@@ -628,12 +639,45 @@ class SurvivorSignature:
         return self._BODY.pack(self.signer, self.signature)
 
 
+class SurvivorSignatures(tuple):
+    """A validated, signer-sorted tuple of ``SurvivorSignature`` that keeps its wire encoding, so
+    a server sending the same signatures in every unmask request encodes them once."""
+
+    encoded: bytes
+
+    def __new__(cls, entries: object) -> SurvivorSignatures:
+        if isinstance(entries, SurvivorSignatures):
+            return entries
+        items = _check_tuple("signatures", entries, SurvivorSignature, MAX_CLIENTS)
+        _check_sorted_ids("signers", tuple(entry.signer for entry in items))
+        bundle = super().__new__(cls, items)
+        bundle.encoded = b"".join(entry.to_bytes() for entry in items)
+        return bundle
+
+    @classmethod
+    def _from_wire(cls, chunk: bytes) -> SurvivorSignatures:
+        """From ``count * 68`` wire bytes: u32 fields are in range and signatures 64 bytes by
+        construction, so only the order is checked."""
+        size = SurvivorSignature._BODY.size
+        entries = []
+        for offset in range(0, len(chunk), size):
+            entry = object.__new__(SurvivorSignature)
+            object.__setattr__(entry, "signer", int.from_bytes(chunk[offset : offset + 4], "big"))
+            object.__setattr__(entry, "signature", chunk[offset + 4 : offset + size])
+            entries.append(entry)
+        _check_sorted_ids("signers", tuple(entry.signer for entry in entries))
+        bundle = super().__new__(cls, entries)
+        bundle.encoded = bytes(chunk)
+        return bundle
+
+
 @dataclass(frozen=True)
 class UnmaskRequest(_Header):
     """Server -> each survivor: reveal seed shares of ``seed_owners`` and mask-key shares of
     ``key_owners`` (ALGORITHMS §1.5: disjoint sets; the recipient itself is a seed owner), with
-    ``signatures``: the consistency signatures the server collected, sorted by signer (empty
-    only in the legacy protocol without the consistency round)."""
+    ``signatures``: verified consistency signatures on the survivor set, sorted by signer, as
+    many as the recipient's declared quorum (empty only in the legacy protocol without the
+    consistency round)."""
 
     recipient: int
     seed_owners: tuple[int, ...]
@@ -647,9 +691,7 @@ class UnmaskRequest(_Header):
         _check_client_id("recipient", self.recipient)
         for name in ("seed_owners", "key_owners"):
             object.__setattr__(self, name, _client_ids(name, getattr(self, name)))
-        signatures = _check_tuple("signatures", self.signatures, SurvivorSignature, MAX_CLIENTS)
-        _check_sorted_ids("signers", tuple(entry.signer for entry in signatures))
-        object.__setattr__(self, "signatures", signatures)
+        object.__setattr__(self, "signatures", SurvivorSignatures(self.signatures))
 
     def _body_bytes(self) -> bytes:
         return b"".join(
@@ -658,7 +700,7 @@ class UnmaskRequest(_Header):
                 _client_ids_bytes(self.seed_owners),
                 _client_ids_bytes(self.key_owners),
                 _u32(len(self.signatures)),
-                b"".join(entry.to_bytes() for entry in self.signatures),
+                self.signatures.encoded,
             )
         )
 
@@ -669,10 +711,7 @@ class UnmaskRequest(_Header):
         key_owners = _parse_client_ids(reader, "key owners")
         size = SurvivorSignature._BODY.size
         count = reader.count("signatures", size, MAX_CLIENTS)
-        signatures = tuple(
-            SurvivorSignature(*SurvivorSignature._BODY.unpack(reader.take(size, "signature")))
-            for _ in range(count)
-        )
+        signatures = SurvivorSignatures._from_wire(reader.take(count * size, "signatures"))
         return cls(round_index, nonce, recipient, seed_owners, key_owners, signatures)
 
 

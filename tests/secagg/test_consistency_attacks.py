@@ -5,11 +5,14 @@ protocol before the consistency round) and must SUCCEED there: the victim's inpu
 exact. Then the same attack must fail against the defended clients, for the stated reason.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from secagg.errors import ConsistencyError, ProtocolError, RoundAbortedError
 from secagg.graph import default_parameters
+from secagg.stages import CONSISTENCY
 from secagg.wire import ConsistencyRequest, SurvivorSignature, decode_message
 from tests.secagg.deviating_server import DeviatingServer
 
@@ -196,15 +199,19 @@ def test_a_replayed_consistency_message_from_another_round_is_refused():
     #    nonce and instance id, so they do not verify on round 2's transcript.
     second.sign_everywhere()
     replayed = decode_message(first.local.server.broadcast()[0]).signatures
+    honest = second.honest_unmask_request(1)
+    request = honest.__class__(**{**honest.__dict__, "signatures": replayed})
+    refused_with(second, 1, request, ConsistencyError, "signature of client 0 does not verify on the survivor set")
+    # Client 0 sees its own old signature first: not the one it made this round.
     honest = second.honest_unmask_request(0)
     request = honest.__class__(**{**honest.__dict__, "signatures": replayed})
-    refused_with(second, 0, request, ConsistencyError, "does not verify on the survivor set it signed")
+    refused_with(second, 0, request, ConsistencyError, "forwarded as its own is not the one it made")
     # 3. The same round index with another instance (a retried round): also refused.
     retry = DeviatingServer(7, 6, 3, consistency_check=True, round_index=1)
     retry.sign_everywhere()
-    honest = retry.honest_unmask_request(0)
+    honest = retry.honest_unmask_request(1)
     request = honest.__class__(**{**honest.__dict__, "signatures": replayed})
-    refused_with(retry, 0, request, ConsistencyError, "does not verify")
+    refused_with(retry, 1, request, ConsistencyError, "does not verify")
 
 
 def test_unmask_without_a_signed_set_is_out_of_order():
@@ -220,7 +227,61 @@ def test_signatures_beyond_the_quorum_are_not_examined(signed):
     # The client verifies the first quorum (3) signatures by signer; a quorum of valid ones is
     # the guarantee, so junk after them changes nothing (and costs nothing to check).
     honest = signed.honest_unmask_request(0)
-    tail = list(honest.signatures)
-    tail[-1] = SurvivorSignature(tail[-1].signer, bytes(64))
-    request = honest.__class__(**{**honest.__dict__, "signatures": tuple(tail)})
+    assert [s.signer for s in honest.signatures] == [0, 1, 2]  # the server forwards the quorum only
+    tail = (*honest.signatures, SurvivorSignature(6, bytes(64)))
+    request = honest.__class__(**{**honest.__dict__, "signatures": tail})
     assert signed.ask(0, request) == signed.ask(0, honest)
+
+
+def test_a_substituted_own_signature_is_refused(signed):
+    honest = signed.honest_unmask_request(0)
+    own = [entry for entry in honest.signatures]
+    own[0] = SurvivorSignature(0, own[1].signature)
+    request = honest.__class__(**{**honest.__dict__, "signatures": tuple(own)})
+    refused_with(signed, 0, request, ConsistencyError, "forwarded as its own is not the one it made")
+
+
+# --- the server verifies no more signatures than the quorums need --------------------------------
+
+
+def consistency_replies(server):
+    assert server.local.server.stage == CONSISTENCY
+    return server.local.collect()
+
+
+def test_the_server_checks_signatures_at_the_door_until_it_holds_a_quorum():
+    server = DeviatingServer(7, 6, 3, consistency_check=True)
+    replies = consistency_replies(server)
+    forged = dataclasses.replace(decode_message(replies[5]), signature=bytes(64)).to_bytes()
+    with pytest.raises(ProtocolError, match="consistency signature of client 5 does not verify"):
+        server.local.server.receive(5, forged)  # nothing verified yet: checked at the door
+    server.local.deliver({c: replies[c] for c in (0, 1, 2)})  # three verified: the quorum
+    server.local.server.receive(3, dataclasses.replace(decode_message(replies[3]), signature=bytes(64)).to_bytes())
+    server.local.deliver({c: replies[c] for c in (4, 5, 6)})
+    server.local.advance()  # client 3's junk was never needed, never forwarded
+    assert {tuple(s.signer for s in decode_message(r).signatures) for r in server.local.server.broadcast().values()} \
+        == {(0, 1, 2)}
+    server.local.step()
+    result = server.local.server.result
+    assert 3 in result.survivors and np.array_equal(
+        result.sum, sum(server.vectors[c].astype(np.uint64) for c in range(7)) % 2**16)
+
+
+def test_a_bad_signature_needed_for_a_larger_quorum_drops_its_signer_at_the_close():
+    server = DeviatingServer(7, 6, 3, consistency_check=True)
+    replies = consistency_replies(server)
+    server.local.deliver({c: replies[c] for c in (0, 1, 2)})
+    server.local.server.receive(3, dataclasses.replace(decode_message(replies[3]), signature=bytes(64)).to_bytes())
+    # Client 6 demands 5 signatures: its own is checked at the door (4 verified), and at the
+    # close the server checks the rest in signer order: 3 fails (dropped), 4 completes the five.
+    server.local.deliver({4: replies[4], 5: replies[5],
+                          6: dataclasses.replace(decode_message(replies[6]), quorum=5).to_bytes()})
+    server.local.advance()
+    requests = {c: decode_message(r) for c, r in server.local.server.broadcast().items()}
+    assert sorted(requests) == [0, 1, 2, 4, 5, 6]  # client 3 deviated: not a signer
+    assert [s.signer for s in requests[6].signatures] == [0, 1, 2, 4, 6]
+    assert [s.signer for s in requests[0].signatures] == [0, 1, 2]
+    server.local.step()
+    result = server.local.server.result
+    assert result.dropped[CONSISTENCY] == {3} and 3 in result.survivors  # its masked input is in the sum
+    assert np.array_equal(result.sum, sum(server.vectors[c].astype(np.uint64) for c in range(7)) % 2**16)

@@ -154,6 +154,7 @@ def test_the_consistency_round_costs_one_stage_and_changes_no_sum():
     assert np.array_equal(defended.result.sum, exact_sum(vectors, {0, 1, 3, 4, 5}, 8))
     assert defended.result.dropped[CONSISTENCY] == {4} and CONSISTENCY not in legacy.result.dropped
     assert legacy.result.dropped[UNMASK] == {4}  # without the stage the drop lands on the unmask
-    # One 64-byte signature up per survivor (plus the header), the set and the signatures down.
-    assert defended.upload_bytes[0][CONSISTENCY] == 46 + 4 + 64
-    assert defended.download_bytes[0][UNMASK] - legacy.download_bytes[0][UNMASK] == 4 * (4 + 64)
+    # One 64-byte signature and the quorum up per survivor (plus the header); down, the set and
+    # as many signatures as the client's quorum (t = 3 here), 4 + 64 bytes each.
+    assert defended.upload_bytes[0][CONSISTENCY] == 46 + 4 + 4 + 64
+    assert defended.download_bytes[0][UNMASK] - legacy.download_bytes[0][UNMASK] == 3 * (4 + 64)

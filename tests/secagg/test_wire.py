@@ -56,7 +56,7 @@ def sample_messages():
         ),
         MaskedInputResponse(ROUND, NONCE, 4, 12, np.array([0, 1, 4095, 17, 2048], dtype=np.uint32)),
         ConsistencyRequest(ROUND, NONCE, (1, 4)),
-        ConsistencyResponse(ROUND, NONCE, 4, key(13, 64)),
+        ConsistencyResponse(ROUND, NONCE, 4, 3, key(13, 64)),
         UnmaskRequest(ROUND, NONCE, 4, (1, 4), (9,)),
         UnmaskRequest(
             ROUND, NONCE, 4, (1, 4), (9,), (SurvivorSignature(1, key(14, 64)), SurvivorSignature(4, key(15, 64)))
@@ -230,8 +230,10 @@ def test_consistency_messages_are_strict():
         ConsistencyRequest(ROUND, NONCE, ())
     with pytest.raises(MalformedMessageError, match="strictly increasing"):
         ConsistencyRequest(ROUND, NONCE, (4, 1))
+    with pytest.raises(MalformedMessageError, match="quorum must be in 1"):
+        ConsistencyResponse(ROUND, NONCE, 4, 0, key(1, 64))
     with pytest.raises(MalformedMessageError, match="signature must be 64 bytes"):
-        ConsistencyResponse(ROUND, NONCE, 4, key(1, 63))
+        ConsistencyResponse(ROUND, NONCE, 4, 3, key(1, 63))
     with pytest.raises(MalformedMessageError, match="signers must be strictly increasing"):
         UnmaskRequest(ROUND, NONCE, 4, (1,), (), (SurvivorSignature(4, key(1, 64)), SurvivorSignature(1, key(2, 64))))
     signed = UnmaskRequest(ROUND, NONCE, 4, (1,), (), (SurvivorSignature(1, key(1, 64)), SurvivorSignature(4, key(2, 64))))

@@ -25,7 +25,9 @@ def test_unmask_requests_carry_every_survivors_signature_and_a_deviation_is_refu
     drive(manager, fleet, clock, stop_after=(0, UNMASK))
     requests = {c.client_id: decode_message(manager.task(c.client_id).request) for c in fleet}
     assert all(isinstance(r, UnmaskRequest) for r in requests.values())
-    assert {tuple(s.signer for s in r.signatures) for r in requests.values()} == {tuple(range(6))}
+    # Each client declared its quorum (max(t, minimum_survivors) = 3 here): the first three
+    # verified signatures by signer travel with every request.
+    assert {tuple(s.signer for s in r.signatures) for r in requests.values()} == {(0, 1, 2)}
     client = fleet[0]
     honest = requests[0]
     victim = honest.seed_owners[-1]
@@ -48,7 +50,7 @@ def test_a_forged_or_misdirected_consistency_signature_is_refused_at_the_door(
     task = manager.task(0)
     request = decode_message(task.request)
     assert isinstance(request, ConsistencyRequest) and request.survivors == tuple(range(6))
-    forged = ConsistencyResponse(request.round_index, request.instance_nonce, 0, bytes(64)).to_bytes()
+    forged = ConsistencyResponse(request.round_index, request.instance_nonce, 0, 3, bytes(64)).to_bytes()
     with pytest.raises(ConflictError, match="consistency signature of client 0 does not verify"):
         manager.submit(0, 0, CONSISTENCY, forged)
     # Client 1's genuine signature sent as client 0's: refused too.
