@@ -2,7 +2,7 @@
 Bell et al., CCS 2020 neighbour graph).
 
 A round runs them in this order; the server closes each with ``advance()``. Each stage names the
-adversary it is there to stop (the parties and their powers are those of ``docs/CONSISTENCY.md``):
+adversary it is there to stop (``docs/CONSISTENCY.md`` states the assumptions and the limits):
 
     ADVERTISE_KEYS  clients sign and send two fresh X25519 public keys. Against a server or relay
                     that swaps keys between clients, rounds or configurations: every key is signed
