@@ -241,7 +241,10 @@ class SecAggServer:
         """Accept one client reply for the open stage.
 
         ``client_id`` is the sender as authenticated by the transport; it must match the id in the
-        message. The message is validated completely before anything is recorded.
+        message. The message is validated completely before anything is recorded, with one
+        exception: a consistency signature that arrives once the server already holds as many
+        verified signatures as the largest declared quorum is checked only if a quorum needs it
+        when the stage closes (and its signer dropped then if it fails).
 
         Raises:
             MalformedMessageError: the bytes do not parse.
