@@ -1,4 +1,4 @@
-"""The server's round loop (ARCHITECTURE.md, "One round, as data").
+"""The server's round loop (docs/ARCHITECTURE.md, "One round, as data").
 
 Per round: sample a cohort (Poisson, rate q) among active clients whose budget allows the round;
 announce the round plan; clients train and encode in their worker processes; the real SecAgg+

@@ -66,7 +66,7 @@ def secure_sum_bits(config: RunConfig, dimension: int, step: float, noise_std: f
 
 def graph_parameters(config: RunConfig, cohort_size: int) -> tuple[int, int]:
     """(k, t) for a cohort of ``cohort_size`` >= 2 clients: the configured (neighbours, threshold)
-    when both are set (clamped to the cohort), else the parameter table (ALGORITHMS.md §1.4); k
+    when both are set (clamped to the cohort), else the parameter table (docs/ALGORITHMS.md §1.4); k
     is made a valid Harary degree (n·k even) and t <= k + 1.
 
     Raises:

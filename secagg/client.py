@@ -1,7 +1,7 @@
 """The SecAgg+ client state machine: bytes in, bytes out, one object per client and round.
 
 Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017,
-with the neighbour graph of Bell et al., CCS 2020 (ALGORITHMS.md §1.1-1.6), and the paper's
+with the neighbour graph of Bell et al., CCS 2020 (docs/ALGORITHMS.md §1.1-1.6), and the paper's
 active-adversary consistency round. The client answers the server's five requests in order:
 
 1. AdvertiseKeysRequest -> fresh X25519 key pairs (c_i for masks, e_i for share encryption) and a

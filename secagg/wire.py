@@ -232,7 +232,7 @@ class _Header:
 
 @dataclass(frozen=True)
 class AdvertiseKeysRequest(_Header):
-    """Server -> every sampled client: the round's configuration (ALGORITHMS §1.1, stage 1).
+    """Server -> every sampled client: the round's configuration (docs/ALGORITHMS.md §1.1, stage 1).
 
     The header's round index and nonce are the config's; construct with ``for_config``.
     """
@@ -674,9 +674,9 @@ class SurvivorSignatures(tuple):
 @dataclass(frozen=True)
 class UnmaskRequest(_Header):
     """Server -> each survivor: reveal seed shares of ``seed_owners`` and mask-key shares of
-    ``key_owners`` (ALGORITHMS §1.5: disjoint sets; the recipient itself is a seed owner), with
-    ``signatures``: verified consistency signatures on the survivor set, sorted by signer, as
-    many as the recipient's declared quorum (empty only in the legacy protocol without the
+    ``key_owners`` (docs/ALGORITHMS.md §1.5: disjoint sets; the recipient itself is a seed owner),
+    with ``signatures``: verified consistency signatures on the survivor set, sorted by signer,
+    as many as the recipient's declared quorum (empty only in the legacy protocol without the
     consistency round)."""
 
     recipient: int

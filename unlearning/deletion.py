@@ -1,4 +1,4 @@
-"""The deletion flow: remove one client's contribution from a run's model (ALGORITHMS.md §6.4).
+"""The deletion flow: remove one client's contribution from a run's model (docs/ALGORITHMS.md §6.4).
 
 Steps, each persisted by the deletion-request state machine of ``storage`` (requested → opened →
 unlearned → shredded), so running :func:`unlearn_client` again after a crash at any point resumes

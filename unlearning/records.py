@@ -1,6 +1,6 @@
 """Sealed history records: one client's update per round, MEDU-compressed and AES-GCM-sealed.
 
-Pipeline (ALGORITHMS.md §6.1, §6.4; MEDU: Lang et al., arXiv 2505.03388), client side, pure:
+Pipeline (docs/ALGORITHMS.md §6.1, §6.4; MEDU: Lang et al., arXiv 2505.03388), client side, pure:
 
 1. **Differential thresholding.** δ = Δ_t − Δ̂_prev, where Δ̂_prev is the client's previous record
    *as the server will reconstruct it* (closed loop), or δ = Δ_t in a key frame. Entries with

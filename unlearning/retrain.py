@@ -5,7 +5,7 @@ SecAgg+ and codec): the oracle is *defined* as the run's own training without th
 must run the same code. It sits above federation like the CLI does; nothing in federation imports
 it, and :mod:`unlearning.deletion` receives it as a :class:`~unlearning.deletion.RemainingClientsTrainer`.
 
-- **Retraining** (ALGORITHMS.md §6.3): from the last stored model version before the first round
+- **Retraining** (docs/ALGORITHMS.md §6.3): from the last stored model version before the first round
   any excluded client's update entered (the seeded initial model if none), the run's committed
   rounds are trained again with the same settings, every excluded client left out, into a
   temporary database. The noise stays calibrated for the run's full schedule (same per-round
@@ -142,7 +142,7 @@ def _tensors(examples) -> tuple[torch.Tensor, torch.Tensor]:
 
 def verify_against_oracle(repository: Repository, run_id: int, client_id: int, unlearned: np.ndarray,
                           oracle: RetrainedModel) -> VerificationReport:
-    """ALGORITHMS.md §6.6 metrics of the unlearned parameters against the retrained oracle.
+    """docs/ALGORITHMS.md §6.6 metrics of the unlearned parameters against the retrained oracle.
 
     Test accuracy and backdoor success on the run's test set; accuracy and loss-threshold MIA
     AUC on the forgotten client's training data (as it trained on it, trigger copies included)

@@ -1,6 +1,6 @@
 """History secrets: the client-held key material that seals its history records.
 
-ALGORITHMS.md §6.4. At enrolment a client draws a 32-byte history secret H_i from the OS CSPRNG
+docs/ALGORITHMS.md §6.4. At enrolment a client draws a 32-byte history secret H_i from the OS CSPRNG
 and keeps it; the server stores only the commitment
 
     SHA-256(encode_parts("fedvault/history-commitment", run_id, client_id, H_i)),
