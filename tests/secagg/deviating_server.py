@@ -40,16 +40,17 @@ class DeviatingServer:
         n, k, t: clients, graph degree, Shamir threshold.
         consistency_check: build the server and clients with or without the consistency round.
         client_floor: every client's own minimum_survivors (None: the config's, i.e. t).
+        share_dropouts: clients that go silent at SHARE_KEYS (everyone else answers everything).
     """
 
-    def __init__(self, n, k, t, *, consistency_check, client_floor=None, round_index=0, seed=7):
+    def __init__(self, n, k, t, *, consistency_check, client_floor=None, round_index=0, seed=7, share_dropouts=()):
         rng = np.random.default_rng(seed)  # test data only
         self.vectors = {i: rng.integers(0, 2**BITS, size=LENGTH, dtype=np.uint32) for i in range(n)}
         config = make_config(range(n), BITS, LENGTH, neighbours_k=k, threshold=t, round_index=round_index)
         self.local = LocalRound(config, self.vectors, consistency_check=consistency_check, client_floor=client_floor)
         self.local.step()  # advertise keys
-        self.local.step()  # share keys
-        replies = self.local.collect()
+        self.local.step(skip=share_dropouts)  # share keys
+        replies = self.local.collect(skip=share_dropouts)
         self.masked = {c: MaskedInputResponse.from_bytes(data).vector for c, data in replies.items()}
         self.local.deliver(replies)
         self.local.advance()

@@ -285,3 +285,21 @@ def test_a_bad_signature_needed_for_a_larger_quorum_drops_its_signer_at_the_clos
     result = server.local.server.result
     assert result.dropped[CONSISTENCY] == {3} and 3 in result.survivors  # its masked input is in the sum
     assert np.array_equal(result.sum, sum(server.vectors[c].astype(np.uint64) for c in range(7)) % 2**16)
+
+
+def test_a_survivor_set_the_client_can_refute_is_not_signed():
+    server = DeviatingServer(10, 4, 3, consistency_check=True)
+    me = 0
+    everyone = set(server.survivors)
+    with pytest.raises(ProtocolError, match="is not in the survivor set"):
+        server.sign_views({me: everyone - {me}})
+    with pytest.raises(ProtocolError, match="not sampled for this round: \\[99\\]"):
+        server.sign_views({me: everyone | {99}})
+    assert server.clients[me].signed_survivors is None
+    # A neighbour that never shared keys with this client cannot be a survivor (complete graph:
+    # every client is a neighbour of every other).
+    silent = 6
+    fresh = DeviatingServer(7, 6, 3, consistency_check=True, share_dropouts={silent})
+    assert silent not in fresh.survivors
+    with pytest.raises(ProtocolError, match=f"never shared keys with client {me}: \\[{silent}\\]"):
+        fresh.sign_views({me: set(fresh.survivors) | {silent}})
