@@ -425,13 +425,13 @@ class SecAggServer:
                 dropped = frozenset(self._sealed) - live
                 self._check_live(dropped, live, "sent masked inputs", owners_dropped=True)
                 if CONSISTENCY in self._stages:
-                    self._close_masked_input_for_consistency()
+                    self._prepare_consistency_requests()
                 else:
-                    self._close_masked_input()
+                    self._prepare_unmask_requests()
             elif stage == CONSISTENCY:
                 # Every owner's shares must stay rebuildable from the signers alone.
                 self._check_live(frozenset(self._sealed), live, "signed the survivor set")
-                self._close_masked_input()
+                self._prepare_unmask_requests()
             else:
                 self._close_unmask()
         except RoundAbortedError as error:
@@ -480,20 +480,21 @@ class SecAggServer:
             ).to_bytes()
         self._requests = requests
 
-    def _close_masked_input_for_consistency(self) -> None:
+    def _prepare_consistency_requests(self) -> None:
         config = self._config
         survivors = tuple(sorted(self._masked_senders))
         self._consistency_transcript = consistency_transcript(config, self._iid, survivors)
         request = ConsistencyRequest(config.round_index, config.instance_nonce, survivors).to_bytes()
         self._requests = {client_id: request for client_id in survivors}
 
-    def _close_masked_input(self) -> None:
+    def _prepare_unmask_requests(self) -> None:
         """Prepare the unmask requests: for every survivor that signed U2 (all of U2 without the
         consistency round), with the signatures forwarded."""
         config = self._config
         survivors = frozenset(self._masked_senders)
         dropped = frozenset(self._sealed) - survivors
-        verified = [SurvivorSignature(s, self._signatures[s]) for s in sorted(self._verified & self._signatures.keys())]
+        signers = sorted(self._verified & self._signatures.keys())
+        verified = [SurvivorSignature(signer, self._signatures[signer]) for signer in signers]
         bundles: dict[int, SurvivorSignatures] = {}  # by quorum: each encoded once
         recipients = sorted(self._signatures) if CONSISTENCY in self._stages else sorted(survivors)
         requests = {}
@@ -504,7 +505,12 @@ class SecAggServer:
             if quorum not in bundles:
                 bundles[quorum] = SurvivorSignatures(tuple(verified[:quorum]))
             request = UnmaskRequest(
-                config.round_index, config.instance_nonce, recipient, seed_owners, key_owners, bundles[quorum]
+                config.round_index,
+                config.instance_nonce,
+                recipient,
+                seed_owners,
+                key_owners,
+                bundles[quorum],
             )
             self._unmask_requests[recipient] = request
             requests[recipient] = request.to_bytes()

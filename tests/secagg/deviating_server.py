@@ -153,5 +153,7 @@ class DeviatingServer:
             shared = mask_pair.exchange(peer_key)
             pairwise = pairwise_mask_seed(shared, iid, round_index, victim, peer)
             # Cancel the term the victim itself added for this peer (the victim plays "survivor").
-            remove_pairwise_mask(vector, pairwise, BITS, dropped=peer, survivor=victim, iid=iid, round_index=round_index)
+            remove_pairwise_mask(
+                vector, pairwise, BITS, dropped=peer, survivor=victim, iid=iid, round_index=round_index
+            )
         return vector
