@@ -14,7 +14,7 @@ parameter. Then client 0 is removed by:
    secure sum (recomputed offline: the stored round seeds replay its training bit for bit; the
    recomputation is checked against its opened records), fed to the same correction in float32.
    Such a history needs every client's fp32 update of every round: T·U·m·32 bits.
-3. **retraining** without the client (the exact oracle, ``unlearning.retrain``), through the real
+3. **retraining** without the client (the exact oracle, ``federation.retraining``), through the real
    coordinator from the initial model.
 
 Reported per model: backdoor success on the triggered test set, test accuracy, loss-threshold MIA
@@ -53,7 +53,8 @@ from unlearning.deletion import current_model, medu_correction, record_config_fo
 from unlearning.history_policy import HistoryPolicy
 from unlearning.records import RecordChain, build_record, open_history
 from unlearning.requests import sign_deletion_request
-from unlearning.retrain import CoordinatorTrainer, verify_against_oracle
+from federation.oracle_verification import verify_against_oracle
+from federation.retraining import CoordinatorTrainer
 from unlearning.rules import RoundHistory, fast_fedul_correction
 from unlearning.run_records import run_record_config
 from unlearning.secrets import generate_history_secret
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
         # 3. The oracle first (it only reads the run), then 2, then 1 (which shreds the records).
         trainer = CoordinatorTrainer(keys, workers=args.workers)
         started = time.perf_counter()
-        oracle = trainer.retrain(repository, run_id, {TARGET})
+        oracle = trainer.oracle(repository, run_id, {TARGET})
         retrain_seconds = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -114,10 +114,11 @@ class SecAggClient:
     Args:
         client_id: this client's id (must be in the round's ``client_ids``).
         identity: this client's Ed25519 identity key (signs its key advertisement).
-        identity_keys: the enrolled Ed25519 public keys of the other clients, by id, used to
-            verify the neighbours' advertisements and the survivors' consistency signatures. The
-            guarantees against a deviating server hold only if the server cannot substitute
-            these keys (over HTTP they come from the run's directory; see ``federation``).
+        identity_keys: the Ed25519 public keys of the other clients, by id, used to verify the
+            neighbours' advertisements and the survivors' consistency signatures. They reach a
+            client through the server, so they protect nothing unless the caller verified them:
+            ``federation.client_runtime`` uses only a directory signed by the enrolment authority
+            it pinned (``federation.authority``).
         minimum_survivors: this client's own floor on the survivor set, whatever the server's
             config says (None: the config's ``minimum_survivors``). It is also the least number of
             consistency signatures the client accepts; above n / 2 it rules out split views.

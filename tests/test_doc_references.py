@@ -84,7 +84,8 @@ def test_every_docs_file_mentioned_in_code_or_readme_exists():
     assert not missing, "\n".join(missing)
 
 
-@pytest.mark.parametrize("document", ["README.md", "docs/ALGORITHMS.md", "docs/ARCHITECTURE.md", "docs/STORAGE.md"])
+@pytest.mark.parametrize("document", ["README.md", "docs/ALGORITHMS.md", "docs/ARCHITECTURE.md", "docs/STORAGE.md",
+                                      "docs/UNLEARNING.md", "docs/THREAT_MODEL.md"])
 def test_relative_links_resolve(document):
     path = ROOT / document
     broken = []
