@@ -6,7 +6,7 @@ the numbers are the service's, not the learner's); N = 100 clients as asyncio ta
 process (their CPU work runs in a 2-thread pool), each with its own Ed25519 identity, enrolment
 token and SecAgg+ state machine, signing every request. Per round each client downloads the model,
 encodes a random clipped update with the round's lattice codec (rotation pads d to m = 2^17 =
-131,072 coordinates), and runs the four SecAgg+ stages over HTTP.
+131,072 coordinates), and runs the five SecAgg+ stages over HTTP.
 
 Measured per round: latency (the server's round start to commit), server CPU seconds (the
 server process's own ``time.process_time`` over the round, recorded in the round's audit entry),

@@ -20,7 +20,7 @@ output folder. Two sweeps:
     the coordinator should make (it currently trusts ``RunConfig.bits``).
 
 Reported per setting: final test accuracy, the drop against float32 FedAvg (percentage points),
-uplink bytes per client per round (all four SecAgg+ stages, measured by the coordinator) against
+uplink bytes per client per round (all five SecAgg+ stages, measured by the coordinator) against
 the float32 update (4·d bytes), the masked vector's share of it (coordinates·b/8, computed), the
 sealed history record's bytes (from the database; uploaded beside the protocol and not counted in
 the coordinator's figure), the median wall time per round, and the whole run's wall time

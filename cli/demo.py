@@ -24,14 +24,14 @@ from secagg.graph import default_parameters
 from secagg.lattice import LATTICE_NAMES, get_lattice
 from secagg.modular import voronoi_lift, wrap
 from secagg.simulate import simulate_round
-from secagg.stages import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
+from secagg.stages import ADVERTISE_KEYS, CONSISTENCY, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
 
 #: Flower's SecAgg+ sends masked vectors as int64 .npy arrays (docs/ALGORITHMS.md §1.8).
 FLOWER_BITS_PER_COORDINATE = 64
 _SPREAD = "spread"
 # 'spread' drops clients at the most telling stage first: after sharing keys, before masking,
 # which makes the server rebuild their mask keys and cancel their pairwise masks.
-_SPREAD_ORDER = (MASKED_INPUT, UNMASK, SHARE_KEYS, ADVERTISE_KEYS)
+_SPREAD_ORDER = (MASKED_INPUT, UNMASK, SHARE_KEYS, ADVERTISE_KEYS, CONSISTENCY)
 # A float64 decode of the same integers summed in another order differs only by rounding.
 _FLOAT_TOLERANCE = 1e-9
 
@@ -216,7 +216,7 @@ def _print_report(report: dict) -> None:
         f"  Flower SecAgg+ (int64): {upload['flower_bytes_for_same_update']:,} B -> "
         f"{100 * upload['ratio_vs_flower']:.1f}% of Flower's upload"
     )
-    click.echo(f"  all four stages: {upload['all_stages_bytes_per_client_mean']:,.0f} B")
+    click.echo(f"  all five stages: {upload['all_stages_bytes_per_client_mean']:,.0f} B")
     click.echo("timings (s)                 server   client mean   client max")
     for stage in STAGES:
         if stage in timings:
@@ -247,7 +247,7 @@ _POSITIVE = click.FloatRange(min=0.0, min_open=True)
 )
 @click.option(
     "--dropout-stage", default=_SPREAD, show_default=True, type=click.Choice([_SPREAD, *STAGES]),
-    help="Stage at which the dropped clients go silent; 'spread' deals them out over the four "
+    help="Stage at which the dropped clients go silent; 'spread' deals them out over the five "
     "stages, masked_input first.",
 )
 @click.option(

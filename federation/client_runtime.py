@@ -248,7 +248,9 @@ class ClientRuntime:
                                                                  plan.dimension))
         self._pending_input = wrap(coordinates, plan.bits)
         self._plan_bytes = bytes(plan_bytes)
-        self._secagg = SecAggClient(self.client_id, self.keys.identity, self._identity_directory)
+        # Its policy's survivor floor is also its floor in the consistency round (secagg.client).
+        self._secagg = SecAggClient(self.client_id, self.keys.identity, self._identity_directory,
+                                    minimum_survivors=self.policy.min_survivors)
         return TrainReport(self.client_id, result.num_samples, result.loss, tuple(result.events), sealed)
 
     # --- history records ---------------------------------------------------------------------

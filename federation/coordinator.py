@@ -2,7 +2,8 @@
 
 Per round: sample a cohort (Poisson, rate q) among active clients whose budget allows the round;
 announce the round plan; clients train and encode in their worker processes; the real SecAgg+
-server state machine runs the four stages over serialized messages, with simulated dropouts;
+server state machine runs the five stages (consistency round included) over serialized messages,
+with simulated dropouts at each;
 the server decodes the secure sum, steps the model, evaluates it, and commits the whole round
 (round row, aggregates, checkpoint, ledger charges, the survivors' sealed history records, audit
 entry) in one transaction, then tells those clients their records are stored.
@@ -58,7 +59,7 @@ class RoundSummary:
     cohort: int
     survivors: int
     dropouts: int
-    upload_bytes_per_client: float  # all four SecAgg+ stages, averaged over the cohort
+    upload_bytes_per_client: float  # all five SecAgg+ stages, averaged over the cohort
     seconds: float
     abort_reason: str | None = None
     masked_input_bytes_per_client: float = 0.0  # the b-bit packed masked vector alone

@@ -13,7 +13,7 @@ coordinator, its worker processes, serialized SecAgg+ messages and storage. Per 
 3. Each client gets its globally pruned model (``prune_for_client``: owned groups and the head
    dense, other weights magnitude-pruned to its capacity), its masks and its ``FedP3Offer``; it
    trains, clips its groups jointly, encodes and noises each (``federation.fedp3_client``).
-4. The four SecAgg+ stages run in lockstep: per stage every live group's server broadcasts,
+4. The five SecAgg+ stages run in lockstep: per stage every live group's server broadcasts,
    each client answers all its groups in one call, the replies go back to their servers and
    every server closes the stage. A client that drops, drops from all its groups; a group whose
    sum aborts keeps its value; the round aborts only when every group's sum does. Each client is
@@ -162,7 +162,7 @@ class FedP3Rounds:
 
     def _run_stages(self, pool: WorkerPool, servers: dict[int, SecAggServer], drops: dict[str, set[int]],
                     round_index: int) -> tuple[dict[int, str], int, int, list]:
-        """The four SecAgg+ stages of every group's sum in lockstep: one ``handle_groups`` call per
+        """The five SecAgg+ stages of every group's sum in lockstep: one ``handle_groups`` call per
         client and stage. ``drops`` (stage -> clients that vanish before it) gains the clients
         whose call failed. Returns (group -> why its sum aborted, bytes uploaded, of which masked
         inputs, ledger entries charged)."""

@@ -2,7 +2,7 @@
 
 The in-process coordinator (``federation.coordinator``) and the HTTP round manager
 (``federation.service.rounds``) both run rounds as: pick a cohort, announce a ``RoundPlan`` bound
-into a SecAgg+ ``RoundConfig``, drive the four stages, decode the secure sum into a mean update,
+into a SecAgg+ ``RoundConfig``, drive the five stages, decode the secure sum into a mean update,
 step and evaluate the model, and commit one ``RoundWrite``. Everything here is that shared logic;
 the transports only differ in how the stages' bytes move and when a stage closes.
 """

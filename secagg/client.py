@@ -1,8 +1,8 @@
 """The SecAgg+ client state machine: bytes in, bytes out, one object per client and round.
 
 Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017,
-with the neighbour graph of Bell et al., CCS 2020 (docs/ALGORITHMS.md §1.1-1.6). The client answers the
-server's four requests in order:
+with the neighbour graph of Bell et al., CCS 2020 (docs/ALGORITHMS.md §1.1-1.6), and the paper's
+active-adversary consistency round. The client answers the server's five requests in order:
 
 1. AdvertiseKeysRequest -> fresh X25519 key pairs (c_i for masks, e_i for share encryption) and a
    32-byte self-mask seed b_i, all from the OS CSPRNG; the public keys go back signed with the
@@ -11,8 +11,30 @@ server's four requests in order:
    each neighbour's signature; computes the instance id; Shamir-shares raw b_i and the raw mask
    private key among itself and its live neighbours; seals one share pair per neighbour.
 3. MaskedInputRequest -> opens and checks the shares addressed to it; sends the masked input.
-4. UnmaskRequest (repeatable, e.g. after a lost reply) -> reveals seed shares of survivors and
-   mask-key shares of dropped clients, never both kinds for one client over the whole round.
+4. ConsistencyRequest -> checks the survivor set S (contains itself, only sampled clients, every
+   neighbour in S shared with it, |S| at least its floor) and signs (round, nonce, instance id, S)
+   with its identity key. It signs one set per round: a repeat of the same set gets the same
+   signature, a different set is refused.
+5. UnmaskRequest (repeatable, e.g. after a lost reply) -> verifies the forwarded signatures: at
+   least ``quorum`` distinct signers, all in S, and the first ``quorum`` of them (by signer) valid
+   on S for this round (a quorum of valid signatures is the guarantee; the rest are not examined,
+   which keeps the client's cost at ``quorum`` verifications). Only then it reveals,
+   for each owner whose shares it holds, exactly one kind, derived from S: the self-mask seed share
+   if the owner is in S, the mask-key share if not. A request that asks for anything else is
+   refused, so no split of the holders into "seed" and "key" askers can work.
+
+Adversaries. Stages 1-3 protect the inputs from an honest-but-curious server (and from a relay
+that swaps keys, through the signed advertisements). Stages 4-5 hold against a server that
+deviates from the protocol, under these assumptions: the enrolled identity keys are genuine (the
+server cannot sign as a client); no client colludes with it; and ``2 * quorum > n`` for the n
+sampled clients, where ``quorum = max(t, config.minimum_survivors, the client's own floor)``.
+Then two sets cannot both gather ``quorum`` signatures from honest clients (each signs once), so
+every honest holder reveals according to the same S and the server never gets both shares of one
+owner. With ``c`` colluding clients the bound is ``2 * quorum > n + c``. If ``2 * quorum <= n``
+the server can still partition the clients into two groups that each see their own "survivor
+set"; a client that wants the guarantee sets its own floor (``minimum_survivors``) above n / 2.
+``consistency_check=False`` is the pre-consistency protocol (honest-but-curious server only), kept
+so that the attack tests can show the attack working and the benchmark can measure the baseline.
 
 Any refused message raises a ``ProtocolError`` (``MalformedMessageError`` for bad bytes,
 ``RoundAbortedError`` when the round cannot complete safely, ``UnsafeRequestError`` for an unmask
@@ -32,6 +54,7 @@ from secagg.config import RoundConfig, permutation_seed
 from secagg.errors import (
     AuthenticationError,
     ConfigurationError,
+    ConsistencyError,
     InvalidKeyError,
     MalformedMessageError,
     ProtocolError,
@@ -43,6 +66,7 @@ from secagg.keys import AgreementKeyPair, IdentityKey, check_identity_keys, veri
 from secagg.masking import mask_input
 from secagg.round_keys import (
     advertisement_transcript,
+    consistency_transcript,
     decode_share_plaintext,
     encode_share_plaintext,
     instance_id,
@@ -51,10 +75,12 @@ from secagg.round_keys import (
     share_encryption_key,
 )
 from secagg.shamir import Share, split_secret
-from secagg.stages import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, UNMASK
+from secagg.stages import ADVERTISE_KEYS, CONSISTENCY, MASKED_INPUT, SHARE_KEYS, UNMASK
 from secagg.wire import (
     AdvertiseKeysRequest,
     AdvertiseKeysResponse,
+    ConsistencyRequest,
+    ConsistencyResponse,
     EncryptedShare,
     KeyAdvertisement,
     MaskedInputRequest,
@@ -69,13 +95,15 @@ from secagg.wire import (
 
 SELF_MASK_SEED_LENGTH = 32
 
-# The request each stage answers, in protocol order.
+# The request each stage answers, in protocol order (with and without the consistency round).
 _REQUESTS = (
     (ADVERTISE_KEYS, AdvertiseKeysRequest),
     (SHARE_KEYS, ShareKeysRequest),
     (MASKED_INPUT, MaskedInputRequest),
+    (CONSISTENCY, ConsistencyRequest),
     (UNMASK, UnmaskRequest),
 )
+_LEGACY_REQUESTS = tuple(entry for entry in _REQUESTS if entry[0] != CONSISTENCY)
 
 __all__ = ["SELF_MASK_SEED_LENGTH", "SecAggClient"]
 
@@ -87,9 +115,17 @@ class SecAggClient:
         client_id: this client's id (must be in the round's ``client_ids``).
         identity: this client's Ed25519 identity key (signs its key advertisement).
         identity_keys: the Ed25519 public keys of the other clients, by id, used to verify the
-            neighbours' advertisements. They reach a client through the server, so they protect
-            nothing unless the caller verified them: ``federation.client_runtime`` uses only a
-            directory signed by the enrolment authority it pinned (``federation.authority``).
+            neighbours' advertisements and the survivors' consistency signatures. They reach a
+            client through the server, so they protect nothing unless the caller verified them:
+            ``federation.client_runtime`` uses only a directory signed by the enrolment authority
+            it pinned (``federation.authority``).
+        minimum_survivors: this client's own floor on the survivor set, whatever the server's
+            config says (None: the config's ``minimum_survivors``). It is also the least number of
+            consistency signatures the client accepts; above n / 2 it rules out split views.
+        consistency_check: False runs the pre-consistency protocol (no CONSISTENCY stage, the
+            unmask request is checked only against this client's own earlier answers). Only
+            for the attack tests and the benchmark baseline: it is unsafe against a deviating
+            server, and a defended server never talks to such a client.
 
     Usage: ``handle`` each server message in order and send back the returned bytes; call
     ``set_input`` after the first message (the config, and so m and b, is known from then on)
@@ -97,8 +133,27 @@ class SecAggClient:
     """
 
     def __init__(
-        self, client_id: int, identity: IdentityKey, identity_keys: Mapping[int, bytes]
+        self,
+        client_id: int,
+        identity: IdentityKey,
+        identity_keys: Mapping[int, bytes],
+        *,
+        minimum_survivors: int | None = None,
+        consistency_check: bool = True,
     ) -> None:
+        if minimum_survivors is not None and (
+            isinstance(minimum_survivors, bool)
+            or not isinstance(minimum_survivors, int)
+            or minimum_survivors < 1
+        ):
+            raise ConfigurationError(
+                f"minimum_survivors must be a positive int or None, got {minimum_survivors!r}"
+            )
+        if not isinstance(consistency_check, bool):
+            raise ConfigurationError("consistency_check must be a bool")
+        self._own_floor = minimum_survivors
+        self._requests = _REQUESTS if consistency_check else _LEGACY_REQUESTS
+        self._consistency_check = consistency_check
         if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id < 2**32:
             raise ConfigurationError(f"client_id must be an int in 0..2**32 - 1, got {client_id!r}")
         if not isinstance(identity, IdentityKey):
@@ -119,6 +174,10 @@ class SecAggClient:
         self._held_key_shares: dict[int, Share] = {}  # owner -> share of owner's mask key
         self._revealed_seed_owners: set[int] = set()
         self._revealed_key_owners: set[int] = set()
+        self._signed_survivors: tuple[int, ...] | None = None
+        self._consistency_reply: bytes | None = None
+        self._consistency_transcript: bytes | None = None
+        self._consistency_signature: bytes | None = None
 
     # --- public state ------------------------------------------------------------------------
 
@@ -134,12 +193,25 @@ class SecAggClient:
     @property
     def stage(self) -> str | None:
         """The stage whose request is expected next (UNMASK stays current: it may be repeated)."""
-        return _REQUESTS[self._next_request][0]
+        return self._requests[self._next_request][0]
 
     @property
     def instance_id(self) -> bytes | None:
         """The round's instance id, once the share-keys request has been handled."""
         return self._iid
+
+    @property
+    def signed_survivors(self) -> tuple[int, ...] | None:
+        """The survivor set this client signed in the consistency round, once it has."""
+        return self._signed_survivors
+
+    @property
+    def quorum(self) -> int | None:
+        """The fewest consistency signatures (and survivors) this client accepts, once the
+        config is known: max(t, the config's minimum_survivors, its own floor)."""
+        if self._config is None:
+            return None
+        return max(self._config.threshold, self._config.minimum_survivors, self._own_floor or 0)
 
     @property
     def revealed_seed_owners(self) -> frozenset[int]:
@@ -160,7 +232,7 @@ class SecAggClient:
         """
         if self._config is None:
             raise ProtocolError("set_input before the round configuration arrived")
-        if self._next_request > 2:
+        if self._next_request > 2:  # MASKED_INPUT is index 2 in both request lists
             raise ProtocolError("the masked input was already sent; it cannot change")
         if not isinstance(vector, np.ndarray) or vector.dtype != np.uint32:
             raise ConfigurationError("the input must be a np.uint32 array")
@@ -186,8 +258,9 @@ class SecAggClient:
             UnsafeRequestError: the unmask request would reveal both secrets of one client.
         """
         request = decode_message(message)
-        stage, expected = _REQUESTS[self._next_request]
-        if not isinstance(request, expected):
+        stage, expected = self._requests[self._next_request]
+        repeated_consistency = isinstance(request, ConsistencyRequest) and self._consistency_reply
+        if not isinstance(request, expected) and not repeated_consistency:
             raise ProtocolError(
                 f"client {self._client_id}: out of order: expected {expected.__name__} "
                 f"({stage}), got {type(request).__name__}"
@@ -205,6 +278,8 @@ class SecAggClient:
             return self._share_keys(request)
         if isinstance(request, MaskedInputRequest):
             return self._masked_input(request)
+        if isinstance(request, ConsistencyRequest):
+            return self._consistency(request)
         return self._unmask(request)
 
     # --- stage 1 -----------------------------------------------------------------------------
@@ -373,7 +448,92 @@ class SecAggClient:
         self._next_request = 3
         return response
 
-    # --- stage 4 -----------------------------------------------------------------------------
+    # --- stage 4: consistency ----------------------------------------------------------------
+
+    def _consistency(self, request: ConsistencyRequest) -> bytes:
+        config, me, survivors = self._config, self._client_id, request.survivors
+        if self._signed_survivors is not None:
+            if survivors != self._signed_survivors:
+                raise ConsistencyError(
+                    f"client {me} refuses: it already signed a survivor set of "
+                    f"{len(self._signed_survivors)} clients this round; asked to sign another"
+                )
+            return self._consistency_reply  # a lost reply: the same signature again
+        if me not in survivors:
+            raise ProtocolError(f"client {me} sent its masked input but is not in the survivor set")
+        strangers = sorted(set(survivors) - set(config.client_ids))
+        if strangers:
+            raise ProtocolError(f"survivor set names clients not sampled for this round: {strangers[:5]}")
+        held = self._held_seed_shares.keys()
+        silent = sorted((set(survivors) & self._graph.neighbours(me)) - held)
+        if silent:
+            raise ProtocolError(
+                f"survivor set names neighbours that never shared keys with client {me}: {silent[:5]}"
+            )
+        if len(survivors) < self.quorum:
+            raise RoundAbortedError(
+                f"client {me} refuses: the survivor set has {len(survivors)} clients, below its "
+                f"floor of {self.quorum} (threshold {config.threshold})"
+            )
+        transcript = consistency_transcript(config, self._iid, survivors)
+        signature = self._identity.sign(transcript)
+        response = ConsistencyResponse(
+            config.round_index, config.instance_nonce, me, self.quorum, signature
+        ).to_bytes()
+        self._signed_survivors, self._consistency_reply = survivors, response
+        self._consistency_transcript, self._consistency_signature = transcript, signature
+        self._next_request = 4
+        return response
+
+    def _check_consistency(self, request: UnmaskRequest) -> None:
+        """Verify the forwarded signatures on the signed set and that the request asks for exactly
+        the one kind per owner that the set implies; ConsistencyError otherwise."""
+        me, survivors = self._client_id, self._signed_survivors
+        members = set(survivors)
+        outsiders = [entry.signer for entry in request.signatures if entry.signer not in members]
+        if outsiders:
+            raise ConsistencyError(
+                f"client {me} refuses: signatures from clients outside the signed survivor set "
+                f"{outsiders[:5]}"
+            )
+        if len(request.signatures) < self.quorum:
+            raise ConsistencyError(
+                f"client {me} refuses: {len(request.signatures)} consistency signatures, it needs "
+                f"{self.quorum} on the survivor set it signed"
+            )
+        # The first ``quorum`` signatures (by signer) must all verify; those beyond are not
+        # examined: a quorum of valid ones is the whole guarantee, and it keeps the cost at
+        # ``quorum`` verifications instead of |S|.
+        transcript = self._consistency_transcript
+        for entry in request.signatures[: self.quorum]:
+            if entry.signer == me:  # Ed25519 is deterministic: its own signature, byte for byte
+                if not hmac.compare_digest(entry.signature, self._consistency_signature):
+                    raise ConsistencyError(
+                        f"client {me} refuses: the consistency signature forwarded as its own is not the "
+                        "one it made"
+                    )
+                continue
+            identity_key = self._identity_keys.get(entry.signer)
+            if identity_key is None:
+                raise ConsistencyError(f"client {me} refuses: no enrolled identity key for signer {entry.signer}")
+            try:
+                verify_signature(identity_key, transcript, entry.signature)
+            except AuthenticationError as error:
+                raise ConsistencyError(
+                    f"client {me} refuses: the consistency signature of client {entry.signer} does "
+                    "not verify on the survivor set it signed (forged, another set, or another round)"
+                ) from error
+        held = self._held_seed_shares.keys()
+        seed_owners = tuple(sorted(members & held))
+        key_owners = tuple(sorted(held - members))
+        if request.seed_owners != seed_owners or request.key_owners != key_owners:
+            raise ConsistencyError(
+                f"client {me} refuses: the unmask request deviates from the signed survivor set "
+                f"(it reveals seed shares of {len(seed_owners)} and key shares of {len(key_owners)} "
+                f"owners, one kind each)"
+            )
+
+    # --- stage 5: unmask ---------------------------------------------------------------------
 
     def _unmask(self, request: UnmaskRequest) -> bytes:
         config, me = self._config, self._client_id
@@ -407,6 +567,8 @@ class SecAggClient:
                 f"client {me}: only {len(seed_owners)} surviving holders in its neighbourhood, "
                 f"threshold is {config.threshold}"
             )
+        if self._consistency_check:
+            self._check_consistency(request)
         response = UnmaskResponse(
             config.round_index,
             config.instance_nonce,

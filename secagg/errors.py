@@ -55,3 +55,9 @@ class RoundAbortedError(ProtocolError):
 
 class UnsafeRequestError(ProtocolError):
     """An unmask request would reveal both the self-mask seed and the mask key of one client."""
+
+
+class ConsistencyError(UnsafeRequestError):
+    """The consistency round failed: too few valid survivor signatures on the set this client
+    signed, a signature on another set or round, a second set to sign, or an unmask request that
+    deviates from the signed set. The client reveals nothing."""

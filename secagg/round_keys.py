@@ -26,12 +26,14 @@ _SHARE_AAD_LABEL: Final = "fedvault/secagg/share-ciphertext/v1"
 _MASK_SEED_LABEL: Final = "fedvault/secagg/pairwise-mask-seed/v1"
 _PAIRWISE_MASK_LABEL: Final = "fedvault/secagg/pairwise-mask/v1"
 _SELF_MASK_LABEL: Final = "fedvault/secagg/self-mask/v1"
+_CONSISTENCY_LABEL: Final = "fedvault/secagg/consistency/v1"
 #: Instance id length, bytes (SHA-256).
 INSTANCE_ID_LENGTH: Final = 32
 
 __all__ = [
     "INSTANCE_ID_LENGTH",
     "advertisement_transcript",
+    "consistency_transcript",
     "decode_share_plaintext",
     "encode_share_plaintext",
     "instance_id",
@@ -66,6 +68,30 @@ def advertisement_transcript(
         mask_public_key,
         encryption_public_key,
         config_digest(config),
+    )
+
+
+def consistency_transcript(config: RoundConfig, iid: bytes, survivors: Sequence[int]) -> bytes:
+    """The bytes a survivor signs in the consistency round (Bonawitz et al. 2017, §4 active case).
+
+    Binds the round index, the instance nonce, the instance id (and through it the config digest
+    and every advertised key) and the sorted survivor set: a signature cannot be replayed into
+    another round or attempt, nor counted for a different set.
+    """
+    ids = tuple(survivors)
+    if any(later <= earlier for earlier, later in zip(ids, ids[1:])):
+        raise ConfigurationError("survivors must be sorted without repeats")
+    try:
+        packed = b"".join(client_id.to_bytes(4, "big") for client_id in ids)  # one part, not |S|
+    except (AttributeError, OverflowError):
+        raise ConfigurationError("survivors must be client ids in 0..2**32 - 1") from None
+    return encode_parts(
+        _CONSISTENCY_LABEL,
+        config.round_index,
+        config.instance_nonce,
+        _check_instance_id(iid),
+        len(ids),
+        packed,
     )
 
 

@@ -8,7 +8,20 @@ Bonawitz et al., CCS 2017; Bell et al., CCS 2020 (docs/ALGORITHMS.md §1.1-1.6).
     server.advance()                                        # close the stage (timeout reached)
 
 and ``server.result`` after the unmask stage. Client sets, as in the paper: A advertised keys,
-U1 shared keys, U2 sent a masked input, U3 answered the unmask request.
+U1 shared keys, U2 sent a masked input, U3 signed U2 in the consistency round, U4 answered the
+unmask request.
+
+Consistency round (Bonawitz et al. 2017, active adversary): after MASKED_INPUT the server sends U2
+to every member; each returns its Ed25519 signature on (round, nonce, instance id, U2) and the
+quorum it will demand. The server forwards to each client in U3 the first ``quorum`` verified
+signatures (by signer); a client reveals nothing without them (``secagg.client``). The server
+verifies signatures only as far as the largest declared quorum needs: at the door while it holds
+fewer verified ones than that, and at the close in signer order for any shortfall, where a client
+whose signature fails is dropped from U3 (it deviated; its input stays in the sum). So the stage
+costs the server max(quorum) verifications, not |U2|, and each client ``quorum`` signatures down.
+Its dropouts are tolerated like any other stage's (the round goes on while U3 keeps at least
+``minimum_survivors`` clients and every owner t live holders). ``consistency_check=False`` runs
+the pre-consistency protocol, for the attack tests and the benchmark baseline only.
 
 Robustness: ``receive`` validates a message completely (parse, stage, round, instance, sender,
 expected/duplicate, signatures, key and share checks) before it touches any state; a refused
@@ -43,18 +56,35 @@ from secagg.errors import (
 from secagg.graph import HararyGraph
 from secagg.keys import AgreementKeyPair, check_identity_keys, verify_signature
 from secagg.masking import remove_pairwise_mask, remove_self_mask
-from secagg.round_keys import advertisement_transcript, instance_id, pairwise_mask_seed
+from secagg.round_keys import (
+    advertisement_transcript,
+    consistency_transcript,
+    instance_id,
+    pairwise_mask_seed,
+)
 from secagg.shamir import Share, reconstruct_secret
-from secagg.stages import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
+from secagg.stages import (
+    ADVERTISE_KEYS,
+    CONSISTENCY,
+    LEGACY_STAGES,
+    MASKED_INPUT,
+    SHARE_KEYS,
+    STAGES,
+    UNMASK,
+)
 from secagg.wire import (
     AdvertiseKeysRequest,
     AdvertiseKeysResponse,
+    ConsistencyRequest,
+    ConsistencyResponse,
     EncryptedShare,
     KeyAdvertisement,
     MaskedInputRequest,
     MaskedInputResponse,
     ShareKeysRequest,
     ShareKeysResponse,
+    SurvivorSignature,
+    SurvivorSignatures,
     UnmaskRequest,
     UnmaskResponse,
     decode_message,
@@ -65,6 +95,7 @@ _RESPONSES = {
     ADVERTISE_KEYS: AdvertiseKeysResponse,
     SHARE_KEYS: ShareKeysResponse,
     MASKED_INPUT: MaskedInputResponse,
+    CONSISTENCY: ConsistencyResponse,
     UNMASK: UnmaskResponse,
 }
 
@@ -101,11 +132,18 @@ class SecAggServer:
     Args:
         config: the round's parameters (sent to every client in the first request).
         identity_keys: the enrolled Ed25519 public key of every sampled client, by id.
+        consistency_check: False skips the CONSISTENCY stage (the pre-consistency protocol, for
+            the attack tests and the benchmark baseline; its clients must be built the same way).
     """
 
-    def __init__(self, config: RoundConfig, identity_keys: Mapping[int, bytes]) -> None:
+    def __init__(
+        self, config: RoundConfig, identity_keys: Mapping[int, bytes], *, consistency_check: bool = True
+    ) -> None:
         if not isinstance(config, RoundConfig):
             raise ConfigurationError(f"config must be a RoundConfig, got {type(config).__name__}")
+        if not isinstance(consistency_check, bool):
+            raise ConfigurationError("consistency_check must be a bool")
+        self._stages = STAGES if consistency_check else LEGACY_STAGES
         self._config = config
         self._identity_keys = _sampled_identity_keys(config, identity_keys)
         self._graph = HararyGraph.build(config.client_ids, config.neighbours_k, permutation_seed(config))
@@ -121,10 +159,14 @@ class SecAggServer:
         self._sealed: dict[int, dict[int, bytes]] = {}  # U1: source -> destination -> ciphertext
         self._masked_sum: np.ndarray | None = None
         self._masked_senders: set[int] = set()  # U2
+        self._consistency_transcript = b""  # what every survivor signs, once U2 is known
+        self._signatures: dict[int, bytes] = {}  # U3: signer -> its consistency signature on U2
+        self._quorums: dict[int, int] = {}  # signer -> how many signatures it will demand
+        self._verified: set[int] = set()  # signers whose signature has been checked
         self._unmask_requests: dict[int, UnmaskRequest] = {}
         self._seed_shares: dict[int, list[Share]] = {}  # owner -> revealed shares of b_owner
         self._key_shares: dict[int, list[Share]] = {}  # owner -> revealed shares of its mask key
-        self._unmask_responders: set[int] = set()  # U3
+        self._unmask_responders: set[int] = set()  # U4
         self._responded: set[int] = set()
         request = AdvertiseKeysRequest.for_config(config).to_bytes()
         self._requests: dict[int, bytes] = {client_id: request for client_id in config.client_ids}
@@ -141,11 +183,16 @@ class SecAggServer:
         return self._graph
 
     @property
+    def stages(self) -> tuple[str, ...]:
+        """This round's stages in order (``STAGES``, or ``LEGACY_STAGES`` without consistency)."""
+        return self._stages
+
+    @property
     def stage(self) -> str | None:
         """The open stage, or None once the round is finished or aborted."""
         if self._result is not None or self._abort_reason is not None:
             return None
-        return STAGES[self._stage_index]
+        return self._stages[self._stage_index]
 
     @property
     def aborted(self) -> str | None:
@@ -194,12 +241,15 @@ class SecAggServer:
         """Accept one client reply for the open stage.
 
         ``client_id`` is the sender as authenticated by the transport; it must match the id in the
-        message. The message is validated completely before anything is recorded.
+        message. The message is validated completely before anything is recorded, with one
+        exception: a consistency signature that arrives once the server already holds as many
+        verified signatures as the largest declared quorum is checked only if a quorum needs it
+        when the stage closes (and its signer dropped then if it fails).
 
         Raises:
             MalformedMessageError: the bytes do not parse.
             ProtocolError: unknown or unexpected client, duplicate or replayed reply, wrong stage
-                (masked inputs after the unmask request are discarded this way), wrong round or
+                (masked inputs after the masked-input stage closed are discarded this way), wrong round or
                 instance, or a failed check (signature, repeated key, wrong share set).
             RoundAbortedError: the round was aborted.
         """
@@ -209,12 +259,12 @@ class SecAggServer:
         if client_id not in self._identity_keys:
             raise ProtocolError(f"message from unknown client {client_id}")
         reply = decode_message(message)
-        stage = STAGES[self._stage_index]
+        stage = self._stages[self._stage_index]
         expected = _RESPONSES[stage]
         if not isinstance(reply, expected):
-            late = isinstance(reply, MaskedInputResponse) and stage == UNMASK
+            late = isinstance(reply, MaskedInputResponse) and stage in (CONSISTENCY, UNMASK)
             raise ProtocolError(
-                f"masked input of client {client_id} arrived after the unmask request; discarded"
+                f"masked input of client {client_id} arrived after the survivor set was closed; discarded"
                 if late
                 else f"out of order: stage {stage} expects {expected.__name__}, "
                 f"client {client_id} sent {type(reply).__name__}"
@@ -238,6 +288,8 @@ class SecAggServer:
             self._receive_shares(reply)
         elif stage == MASKED_INPUT:
             self._receive_masked_input(reply)
+        elif stage == CONSISTENCY:
+            self._receive_consistency(reply)
         else:
             self._receive_unmask(reply)
         self._responded.add(client_id)
@@ -287,6 +339,44 @@ class SecAggServer:
         np.add(self._masked_sum, reply.vector, out=self._masked_sum)
         self._masked_senders.add(reply.sender)
 
+    @property
+    def _base_quorum(self) -> int:
+        return max(self._config.threshold, self._config.minimum_survivors)
+
+    def _needed_signatures(self) -> int:
+        return max(self._base_quorum, max(self._quorums.values(), default=0))
+
+    def _consistency_signature_valid(self, signer: int, signature: bytes) -> bool:
+        try:
+            verify_signature(self._identity_keys[signer], self._consistency_transcript, signature)
+        except AuthenticationError:
+            return False
+        return True
+
+    def _receive_consistency(self, reply: ConsistencyResponse) -> None:
+        needed = max(self._needed_signatures(), reply.quorum)
+        if len(self._verified) < needed:
+            if not self._consistency_signature_valid(reply.sender, reply.signature):
+                raise ProtocolError(
+                    f"consistency signature of client {reply.sender} does not verify "
+                    "(forged, or on another survivor set or round)"
+                )
+            self._verified.add(reply.sender)
+        self._signatures[reply.sender] = reply.signature
+        self._quorums[reply.sender] = reply.quorum
+
+    def _settle_signatures(self) -> None:
+        """Verify unchecked signatures in signer order until the largest quorum is met; drop any
+        signer whose signature fails (it deviated: it is not in U3)."""
+        for signer in sorted(set(self._signatures) - self._verified):
+            if len(self._verified) >= min(self._needed_signatures(), len(self._signatures)):
+                return
+            if self._consistency_signature_valid(signer, self._signatures[signer]):
+                self._verified.add(signer)
+            else:
+                del self._signatures[signer], self._quorums[signer]
+                self._responded.discard(signer)
+
     def _receive_unmask(self, reply: UnmaskResponse) -> None:
         sender = reply.sender
         request = self._unmask_requests[sender]
@@ -318,7 +408,9 @@ class SecAggServer:
                 or a failed reconstruction; the round is over and nothing more is requested.
         """
         self._check_open()
-        stage = STAGES[self._stage_index]
+        stage = self._stages[self._stage_index]
+        if stage == CONSISTENCY:
+            self._settle_signatures()
         live = frozenset(self._responded)
         self._dropped[stage] = frozenset(self._requests) - live
         try:
@@ -332,7 +424,14 @@ class SecAggServer:
                 self._check_live(live, live, "sent masked inputs")
                 dropped = frozenset(self._sealed) - live
                 self._check_live(dropped, live, "sent masked inputs", owners_dropped=True)
-                self._close_masked_input()
+                if CONSISTENCY in self._stages:
+                    self._prepare_consistency_requests()
+                else:
+                    self._prepare_unmask_requests()
+            elif stage == CONSISTENCY:
+                # Every owner's shares must stay rebuildable from the signers alone.
+                self._check_live(frozenset(self._sealed), live, "signed the survivor set")
+                self._prepare_unmask_requests()
             else:
                 self._close_unmask()
         except RoundAbortedError as error:
@@ -381,16 +480,37 @@ class SecAggServer:
             ).to_bytes()
         self._requests = requests
 
-    def _close_masked_input(self) -> None:
+    def _prepare_consistency_requests(self) -> None:
+        config = self._config
+        survivors = tuple(sorted(self._masked_senders))
+        self._consistency_transcript = consistency_transcript(config, self._iid, survivors)
+        request = ConsistencyRequest(config.round_index, config.instance_nonce, survivors).to_bytes()
+        self._requests = {client_id: request for client_id in survivors}
+
+    def _prepare_unmask_requests(self) -> None:
+        """Prepare the unmask requests: for every survivor that signed U2 (all of U2 without the
+        consistency round), with the signatures forwarded."""
         config = self._config
         survivors = frozenset(self._masked_senders)
         dropped = frozenset(self._sealed) - survivors
+        signers = sorted(self._verified & self._signatures.keys())
+        verified = [SurvivorSignature(signer, self._signatures[signer]) for signer in signers]
+        bundles: dict[int, SurvivorSignatures] = {}  # by quorum: each encoded once
+        recipients = sorted(self._signatures) if CONSISTENCY in self._stages else sorted(survivors)
         requests = {}
-        for recipient in sorted(survivors):
+        for recipient in recipients:
             seed_owners = tuple(sorted(self._graph.holders(recipient) & survivors))
             key_owners = tuple(sorted(self._graph.neighbours(recipient) & dropped))
+            quorum = self._quorums.get(recipient, 0)
+            if quorum not in bundles:
+                bundles[quorum] = SurvivorSignatures(tuple(verified[:quorum]))
             request = UnmaskRequest(
-                config.round_index, config.instance_nonce, recipient, seed_owners, key_owners
+                config.round_index,
+                config.instance_nonce,
+                recipient,
+                seed_owners,
+                key_owners,
+                bundles[quorum],
             )
             self._unmask_requests[recipient] = request
             requests[recipient] = request.to_bytes()

@@ -4,6 +4,8 @@ No shortcut: every value the server learns travels as a wire message produced by
 ``SecAggClient``; the sum comes out of ``SecAggServer``'s unmasking. Used by the tests, the demo,
 the benchmarks and the in-process transport. Dropouts are scripted per stage: a client listed
 under a stage receives that stage's request but never answers it (nor anything after).
+``consistency_check=False`` runs the pre-consistency protocol (honest-but-curious server only),
+for the attack tests and the benchmark baseline.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from secagg.errors import ConfigurationError
 from secagg.graph import default_parameters
 from secagg.keys import IdentityKey
 from secagg.server import AggregateResult, SecAggServer
-from secagg.stages import ADVERTISE_KEYS, STAGES, stage_index
+from secagg.stages import ADVERTISE_KEYS, stage_index
 
 __all__ = [
     "LocalRound",
@@ -114,9 +116,19 @@ class LocalRound:
         config: the round's parameters.
         vectors: client id -> x_i (``(m,) uint32``); each client gets its input right after it
             has handled the config (a client without one cannot send a masked input).
+        consistency_check: run the consistency round (default); False builds the server and
+            every client without it.
+        client_floor: every client's own ``minimum_survivors`` (None: the config's).
     """
 
-    def __init__(self, config: RoundConfig, vectors: Mapping[int, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        config: RoundConfig,
+        vectors: Mapping[int, np.ndarray] | None = None,
+        *,
+        consistency_check: bool = True,
+        client_floor: int | None = None,
+    ) -> None:
         if not isinstance(config, RoundConfig):
             raise ConfigurationError(f"config must be a RoundConfig, got {type(config).__name__}")
         self.config = config
@@ -124,12 +136,19 @@ class LocalRound:
         self.identities = {client_id: IdentityKey.generate() for client_id in config.client_ids}
         self.identity_keys = {client_id: key.public_bytes for client_id, key in self.identities.items()}
         self.clients = {
-            client_id: SecAggClient(client_id, self.identities[client_id], self.identity_keys)
+            client_id: SecAggClient(
+                client_id,
+                self.identities[client_id],
+                self.identity_keys,
+                minimum_survivors=client_floor,
+                consistency_check=consistency_check,
+            )
             for client_id in config.client_ids
         }
-        self.server = SecAggServer(config, self.identity_keys)
-        self.upload_bytes = {client_id: dict.fromkeys(STAGES, 0) for client_id in config.client_ids}
-        self.download_bytes = {client_id: dict.fromkeys(STAGES, 0) for client_id in config.client_ids}
+        self.server = SecAggServer(config, self.identity_keys, consistency_check=consistency_check)
+        stages = self.server.stages
+        self.upload_bytes = {client_id: dict.fromkeys(stages, 0) for client_id in config.client_ids}
+        self.download_bytes = {client_id: dict.fromkeys(stages, 0) for client_id in config.client_ids}
         self.timings: dict[str, StageTiming] = {}
         self._server_seconds = 0.0
         self._client_times: list[float] = []
@@ -225,6 +244,7 @@ def simulate_round(
     dropouts: Mapping[str, Iterable[int]] | None = None,
     round_index: int = 0,
     application_config: bytes = b"",
+    consistency_check: bool = True,
 ) -> SimulationOutcome:
     """Run one complete SecAgg+ round over ``vectors`` and report result, timings and traffic.
 
@@ -235,6 +255,8 @@ def simulate_round(
             ``graph.default_parameters(n)``; otherwise both must be given.
         dropouts: stage name -> clients that stop answering at that stage.
         round_index, application_config: passed into the ``RoundConfig``.
+        consistency_check: False runs the pre-consistency protocol (baseline for the benchmark);
+            a dropout scripted at the consistency stage then counts at the unmask stage.
 
     Raises:
         ConfigurationError: invalid vectors, parameters or dropouts.
@@ -252,8 +274,9 @@ def simulate_round(
         application_config=application_config,
     )
     drop_at = _first_drop_stage(client_ids, dropouts or {})
-    local = LocalRound(config, vectors)
-    for index, _ in enumerate(STAGES):
+    local = LocalRound(config, vectors, consistency_check=consistency_check)
+    for stage in local.server.stages:
+        index = stage_index(stage)
         local.step(skip={client_id for client_id, at in drop_at.items() if at <= index})
     return SimulationOutcome(
         result=local.server.result,

@@ -11,8 +11,12 @@ vectors travel bit-packed at exactly ``bits`` bits per coordinate (``secagg.bitp
 Flower's 64.
 
 Server -> client: AdvertiseKeysRequest (the round config), ShareKeysRequest (all advertised keys),
-MaskedInputRequest (share ciphertexts addressed to the client), UnmaskRequest (whose shares to
-reveal). Client -> server: the four matching ``...Response`` messages.
+MaskedInputRequest (share ciphertexts addressed to the client), ConsistencyRequest (the survivor
+set, to be signed), UnmaskRequest (whose shares to reveal, with the survivors' signatures on the
+set). Client -> server: the five matching ``...Response`` messages.
+
+Version 2 added the consistency round (ConsistencyRequest/Response and the signatures carried by
+UnmaskRequest); a version-1 peer's message is refused, never half understood.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from secagg.config import (
 from secagg.errors import ConfigurationError, MalformedMessageError
 
 MAGIC: Final = b"FVSA"
-VERSION: Final = 1
+VERSION: Final = 2
 #: Raw X25519 public key length, bytes.
 PUBLIC_KEY_LENGTH: Final = 32
 #: Ed25519 signature length, bytes.
@@ -60,6 +64,8 @@ MASKED_INPUT_REQUEST: Final = 5
 MASKED_INPUT_RESPONSE: Final = 6
 UNMASK_REQUEST: Final = 7
 UNMASK_RESPONSE: Final = 8
+CONSISTENCY_REQUEST: Final = 9
+CONSISTENCY_RESPONSE: Final = 10
 
 __all__ = [
     "HEADER_LENGTH",
@@ -70,6 +76,8 @@ __all__ = [
     "VERSION",
     "AdvertiseKeysRequest",
     "AdvertiseKeysResponse",
+    "ConsistencyRequest",
+    "ConsistencyResponse",
     "EncryptedShare",
     "KeyAdvertisement",
     "MaskedInputRequest",
@@ -78,6 +86,8 @@ __all__ = [
     "RevealedShare",
     "ShareKeysRequest",
     "ShareKeysResponse",
+    "SurvivorSignature",
+    "SurvivorSignatures",
     "UnmaskRequest",
     "UnmaskResponse",
     "decode_message",
@@ -533,14 +543,146 @@ class MaskedInputResponse(_Header):
         return cls(round_index, nonce, sender, bits, vector)
 
 
+def _client_ids(name: str, value: object) -> tuple[int, ...]:
+    if isinstance(value, tuple) and all(type(i) is int for i in value):  # noqa: E721 - the fast path
+        if value and (value[0] < 0 or value[-1] > MAX_CLIENT_ID):
+            raise MalformedMessageError(f"{name} must be in 0..{MAX_CLIENT_ID}")
+        if len(value) > MAX_CLIENTS:
+            raise MalformedMessageError(f"{name} has {len(value)} entries; at most {MAX_CLIENTS}")
+        _check_sorted_ids(name, value)  # sorted, so first and last bound every entry
+        return value
+    ids = _check_tuple(name, value, (int, np.integer), MAX_CLIENTS)
+    ids = tuple(_check_client_id(name, i) for i in ids)
+    _check_sorted_ids(name, ids)
+    return ids
+
+
+def _client_ids_bytes(ids: tuple[int, ...]) -> bytes:
+    return _u32(len(ids)) + b"".join(_u32(i) for i in ids)
+
+
+def _parse_client_ids(reader: _Reader, name: str) -> tuple[int, ...]:
+    count = reader.count(name, 4, MAX_CLIENTS)
+    raw = reader.take(4 * count, name)
+    return tuple(struct.unpack(f">{count}I", raw))
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest(_Header):
+    """Server -> each client that sent a masked input: the survivor set U2 to sign (the same
+    bytes for every recipient; a client signs one set per round)."""
+
+    survivors: tuple[int, ...]
+
+    TYPE: ClassVar[int] = CONSISTENCY_REQUEST
+
+    def __post_init__(self) -> None:
+        self._check_header()
+        survivors = _client_ids("survivors", self.survivors)
+        if not survivors:
+            raise MalformedMessageError("survivors must not be empty")
+        object.__setattr__(self, "survivors", survivors)
+
+    def _body_bytes(self) -> bytes:
+        return _client_ids_bytes(self.survivors)
+
+    @classmethod
+    def _parse(cls, round_index: int, nonce: bytes, reader: _Reader) -> ConsistencyRequest:
+        return cls(round_index, nonce, _parse_client_ids(reader, "survivors"))
+
+
+@dataclass(frozen=True)
+class ConsistencyResponse(_Header):
+    """Client -> server: its Ed25519 signature over ``round_keys.consistency_transcript`` of the
+    survivor set it was told, and ``quorum``: how many valid signatures on that set it will
+    demand before it unmasks (so the server forwards, and verifies, no more than needed)."""
+
+    sender: int
+    quorum: int
+    signature: bytes
+
+    TYPE: ClassVar[int] = CONSISTENCY_RESPONSE
+    _BODY: ClassVar[struct.Struct] = struct.Struct(">II64s")
+
+    def __post_init__(self) -> None:
+        self._check_header()
+        _check_client_id("sender", self.sender)
+        _check_int("quorum", self.quorum, 1, MAX_CLIENTS)
+        object.__setattr__(
+            self, "signature", _check_bytes("signature", self.signature, SIGNATURE_LENGTH)
+        )
+
+    def _body_bytes(self) -> bytes:
+        return self._BODY.pack(self.sender, self.quorum, self.signature)
+
+    @classmethod
+    def _parse(cls, round_index: int, nonce: bytes, reader: _Reader) -> ConsistencyResponse:
+        return cls(round_index, nonce, *cls._BODY.unpack(reader.take(cls._BODY.size, "signature")))
+
+
+@dataclass(frozen=True)
+class SurvivorSignature:
+    """One survivor's consistency signature, as forwarded by the server in UnmaskRequest."""
+
+    signer: int
+    signature: bytes
+
+    _BODY: ClassVar[struct.Struct] = struct.Struct(">I64s")
+
+    def __post_init__(self) -> None:
+        _check_client_id("signer", self.signer)
+        object.__setattr__(
+            self, "signature", _check_bytes("signature", self.signature, SIGNATURE_LENGTH)
+        )
+
+    def to_bytes(self) -> bytes:
+        return self._BODY.pack(self.signer, self.signature)
+
+
+class SurvivorSignatures(tuple):
+    """A validated, signer-sorted tuple of ``SurvivorSignature`` that keeps its wire encoding, so
+    a server sending the same signatures in every unmask request encodes them once."""
+
+    encoded: bytes
+
+    def __new__(cls, entries: object) -> SurvivorSignatures:
+        if isinstance(entries, SurvivorSignatures):
+            return entries
+        items = _check_tuple("signatures", entries, SurvivorSignature, MAX_CLIENTS)
+        _check_sorted_ids("signers", tuple(entry.signer for entry in items))
+        bundle = super().__new__(cls, items)
+        bundle.encoded = b"".join(entry.to_bytes() for entry in items)
+        return bundle
+
+    @classmethod
+    def _from_wire(cls, chunk: bytes) -> SurvivorSignatures:
+        """From ``count * 68`` wire bytes: u32 fields are in range and signatures 64 bytes by
+        construction, so only the order is checked."""
+        size = SurvivorSignature._BODY.size
+        entries = []
+        for offset in range(0, len(chunk), size):
+            entry = object.__new__(SurvivorSignature)
+            object.__setattr__(entry, "signer", int.from_bytes(chunk[offset : offset + 4], "big"))
+            object.__setattr__(entry, "signature", chunk[offset + 4 : offset + size])
+            entries.append(entry)
+        _check_sorted_ids("signers", tuple(entry.signer for entry in entries))
+        bundle = super().__new__(cls, entries)
+        bundle.encoded = bytes(chunk)
+        return bundle
+
+
 @dataclass(frozen=True)
 class UnmaskRequest(_Header):
     """Server -> each survivor: reveal seed shares of ``seed_owners`` and mask-key shares of
-    ``key_owners`` (docs/ALGORITHMS.md §1.5: disjoint sets; the recipient itself is a seed owner)."""
+    ``key_owners`` (docs/ALGORITHMS.md §1.5: disjoint sets; the recipient itself is a seed owner),
+    with ``signatures``: verified consistency signatures on the survivor set, sorted by signer,
+    as many as the recipient's declared quorum (empty only in the legacy protocol without the
+    consistency round)."""
 
     recipient: int
     seed_owners: tuple[int, ...]
     key_owners: tuple[int, ...]
+    signatures: tuple[SurvivorSignature, ...] = ()
 
     TYPE: ClassVar[int] = UNMASK_REQUEST
 
@@ -548,30 +690,29 @@ class UnmaskRequest(_Header):
         self._check_header()
         _check_client_id("recipient", self.recipient)
         for name in ("seed_owners", "key_owners"):
-            ids = _check_tuple(name, getattr(self, name), (int, np.integer), MAX_CLIENTS)
-            ids = tuple(_check_client_id(name, i) for i in ids)
-            _check_sorted_ids(name, ids)
-            object.__setattr__(self, name, ids)
+            object.__setattr__(self, name, _client_ids(name, getattr(self, name)))
+        object.__setattr__(self, "signatures", SurvivorSignatures(self.signatures))
 
     def _body_bytes(self) -> bytes:
         return b"".join(
             (
                 _u32(self.recipient),
-                _u32(len(self.seed_owners)),
-                b"".join(_u32(i) for i in self.seed_owners),
-                _u32(len(self.key_owners)),
-                b"".join(_u32(i) for i in self.key_owners),
+                _client_ids_bytes(self.seed_owners),
+                _client_ids_bytes(self.key_owners),
+                _u32(len(self.signatures)),
+                self.signatures.encoded,
             )
         )
 
     @classmethod
     def _parse(cls, round_index: int, nonce: bytes, reader: _Reader) -> UnmaskRequest:
         recipient = reader.u32("recipient")
-        lists = []
-        for name in ("seed owners", "key owners"):
-            count = reader.count(name, 4, MAX_CLIENTS)
-            lists.append(tuple(reader.u32(name) for _ in range(count)))
-        return cls(round_index, nonce, recipient, lists[0], lists[1])
+        seed_owners = _parse_client_ids(reader, "seed owners")
+        key_owners = _parse_client_ids(reader, "key owners")
+        size = SurvivorSignature._BODY.size
+        count = reader.count("signatures", size, MAX_CLIENTS)
+        signatures = SurvivorSignatures._from_wire(reader.take(count * size, "signatures"))
+        return cls(round_index, nonce, recipient, seed_owners, key_owners, signatures)
 
 
 @dataclass(frozen=True)
@@ -643,6 +784,8 @@ Message = Union[
     ShareKeysResponse,
     MaskedInputRequest,
     MaskedInputResponse,
+    ConsistencyRequest,
+    ConsistencyResponse,
     UnmaskRequest,
     UnmaskResponse,
 ]
@@ -656,6 +799,8 @@ _TYPES: Final[dict[int, type]] = {
         ShareKeysResponse,
         MaskedInputRequest,
         MaskedInputResponse,
+        ConsistencyRequest,
+        ConsistencyResponse,
         UnmaskRequest,
         UnmaskResponse,
     )

@@ -8,7 +8,7 @@ Three kinds of caller:
 - the operator: ``Authorization: Bearer <operator token>`` for the read-only audit and history
   endpoints and for issuing enrolment tokens.
 
-The four SecAgg+ stages each have an endpoint taking the raw wire message
+The five SecAgg+ stages each have an endpoint taking the raw wire message
 (``application/octet-stream``); everything else is JSON (``federation.service.schemas``). Bodies
 are capped per endpoint (413). Every refusal is a 4xx whose ``detail`` says what to fix.
 """

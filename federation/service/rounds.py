@@ -64,7 +64,7 @@ from federation.service.state import StateDirectory
 from secagg.errors import MalformedMessageError, ProtocolError, RoundAbortedError, SecAggError
 from secagg.server import SecAggServer
 from secagg.wire import AdvertiseKeysRequest
-from secagg.stages import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
+from secagg.stages import ADVERTISE_KEYS, CONSISTENCY, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
 from privacy.errors import PrivacyError
 from storage.entities import ClientEnrolment, SealedRecordWrite
 from storage.errors import ClientNotFoundError, RoundNotFoundError, StorageError
@@ -890,7 +890,7 @@ class RoundManager:
         try:
             for record in records[1:]:
                 self._replay(current, record)
-            if current.server.stage in (MASKED_INPUT, UNMASK):
+            if current.server.stage in (MASKED_INPUT, CONSISTENCY, UNMASK):
                 self._charge_before_upload(current)
         except RoundAbortedError as error:
             current.abort_reason = str(error)

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from secagg.stages import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, UNMASK
+from secagg.stages import ADVERTISE_KEYS, CONSISTENCY, MASKED_INPUT, SHARE_KEYS, UNMASK
 
 #: URL segment of each SecAgg+ stage: POST /v1/rounds/{round_index}/{segment}.
 STAGE_PATHS = {ADVERTISE_KEYS: "advertise-keys", SHARE_KEYS: "share-keys", MASKED_INPUT: "masked-input",
-               UNMASK: "unmask"}
+               CONSISTENCY: "consistency", UNMASK: "unmask"}
 
 
 #: Sealed history records: POST /v1/rounds/{round_index}/history-record.

@@ -76,7 +76,7 @@ def sybil_round(world, config):
     local.identity_keys[VICTIM] = world.keys[VICTIM]
     local.clients = {c: SecAggClient(c, local.identities[c], server_directory(local)) for c in range(N)}
     local.server = SecAggServer(config, local.identity_keys)
-    for _ in range(4):
+    for _ in local.server.stages:  # the consistency round included: it does not stop key substitution
         local.step()
     total = local.server.result.sum.astype(np.int64)
     puppets = sum(vectors[c].astype(np.int64) for c in range(1, N))

@@ -7,7 +7,7 @@ from scipy.stats import chi2
 
 from secagg.errors import ConfigurationError, ProtocolError
 from secagg.simulate import LocalRound, make_config, run_secure_sum, simulate_round
-from secagg.stages import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
+from secagg.stages import ADVERTISE_KEYS, CONSISTENCY, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
 from secagg.wire import MaskedInputResponse
 
 RNG = np.random.default_rng(20240611)  # test data only; nothing secret comes from numpy
@@ -66,6 +66,7 @@ def test_result_is_read_only_and_names_survivors_and_dropouts():
         ADVERTISE_KEYS: frozenset(),
         SHARE_KEYS: frozenset(),
         MASKED_INPUT: frozenset({2}),
+        CONSISTENCY: frozenset(),
         UNMASK: frozenset(),
     }
 
@@ -125,6 +126,7 @@ def test_the_server_view_of_a_masked_vector_is_uniform():
     assert not np.array_equal(masked, MaskedInputResponse.from_bytes(replies[1]).vector)
     local.deliver(replies)
     local.advance()
+    local.step()  # consistency
     local.step()
     assert not local.server.result.sum.any()
 
@@ -141,3 +143,18 @@ def test_a_finished_round_accepts_nothing_more():
         local.server.receive(0, replies[0])
     with pytest.raises(ProtocolError, match="finished"):
         local.server.advance()
+
+
+def test_the_consistency_round_costs_one_stage_and_changes_no_sum():
+    vectors = random_inputs(range(6), 10, 8)
+    drops = {MASKED_INPUT: {2}, CONSISTENCY: {4}}
+    defended = simulate_round(vectors, 8, neighbours_k=5, threshold=3, dropouts=drops)
+    legacy = simulate_round(vectors, 8, neighbours_k=5, threshold=3, dropouts=drops, consistency_check=False)
+    assert np.array_equal(defended.result.sum, legacy.result.sum)
+    assert np.array_equal(defended.result.sum, exact_sum(vectors, {0, 1, 3, 4, 5}, 8))
+    assert defended.result.dropped[CONSISTENCY] == {4} and CONSISTENCY not in legacy.result.dropped
+    assert legacy.result.dropped[UNMASK] == {4}  # without the stage the drop lands on the unmask
+    # One 64-byte signature and the quorum up per survivor (plus the header); down, the set and
+    # as many signatures as the client's quorum (t = 3 here), 4 + 64 bytes each.
+    assert defended.upload_bytes[0][CONSISTENCY] == 46 + 4 + 4 + 64
+    assert defended.download_bytes[0][UNMASK] - legacy.download_bytes[0][UNMASK] == 3 * (4 + 64)

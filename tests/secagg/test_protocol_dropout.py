@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from secagg.errors import ProtocolError, RoundAbortedError
 from secagg.simulate import LocalRound, make_config
-from secagg.stages import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
+from secagg.stages import ADVERTISE_KEYS, CONSISTENCY, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
 
 RNG = np.random.default_rng(99)  # test data only
 
@@ -38,7 +38,8 @@ def round_should_complete(graph, ids, drops, threshold):
     advertised = set(ids) - set(drops.get(ADVERTISE_KEYS, ()))
     shared = advertised - set(drops.get(SHARE_KEYS, ()))
     masked = shared - set(drops.get(MASKED_INPUT, ()))
-    answered = masked - set(drops.get(UNMASK, ()))
+    signed = masked - set(drops.get(CONSISTENCY, ()))
+    answered = signed - set(drops.get(UNMASK, ()))
 
     def enough(owners, live):
         return all(len(graph.holders(owner) & live) >= threshold for owner in owners)
@@ -47,6 +48,8 @@ def round_should_complete(graph, ids, drops, threshold):
         if len(live) < threshold or not enough(live, live):
             return False, masked
     if not enough(shared - masked, masked):
+        return False, masked
+    if len(signed) < threshold or not enough(shared, signed):  # every owner rebuildable from U3
         return False, masked
     return enough(masked, answered) and enough(shared - masked, answered), masked
 
@@ -63,7 +66,7 @@ def test_dropouts_at_each_stage_down_to_the_threshold_give_the_exact_sum(stage):
     vectors = random_inputs(range(n), 129, bits)
     local = LocalRound(make_config(range(n), bits, 129, neighbours_k=n - 1, threshold=threshold), vectors)
     result = run(local, {stage: {1, 4, 6}})
-    survivors = {0, 2, 3, 5} if stage != UNMASK else set(range(n))
+    survivors = {0, 2, 3, 5} if stage not in (CONSISTENCY, UNMASK) else set(range(n))
     assert result.survivors == frozenset(survivors)
     assert result.dropped[stage] == frozenset({1, 4, 6})
     assert np.array_equal(result.sum, exact_sum(vectors, survivors, bits))
@@ -75,7 +78,8 @@ def test_dropouts_spread_over_all_stages_in_a_sparse_graph():
     vectors = random_inputs(range(n), 64, bits)
     local = LocalRound(make_config(range(n), bits, 64, neighbours_k=10, threshold=4), vectors)
     ring = local.server.graph.ring  # drop clients far apart on the ring
-    drops = {ADVERTISE_KEYS: {ring[0]}, SHARE_KEYS: {ring[10]}, MASKED_INPUT: {ring[20], ring[25]}, UNMASK: {ring[30]}}
+    drops = {ADVERTISE_KEYS: {ring[0]}, SHARE_KEYS: {ring[10]}, MASKED_INPUT: {ring[20], ring[25]},
+             CONSISTENCY: {ring[35]}, UNMASK: {ring[30]}}
     result = run(local, drops)
     survivors = set(range(n)) - {ring[0], ring[10], ring[20], ring[25]}
     assert result.survivors == frozenset(survivors)
@@ -96,7 +100,7 @@ def test_fewer_survivors_than_the_threshold_aborts_at_that_stage(stage):
         local.server.broadcast()
     with pytest.raises(ProtocolError, match="aborted"):
         local.server.result  # noqa: B018 - the property raises
-    if stage != UNMASK:  # nothing was ever requested for unmasking
+    if stage != UNMASK:  # nothing was ever requested for unmasking (no quorum of signatures)
         assert all(not c.revealed_seed_owners and not c.revealed_key_owners for c in local.clients.values())
     assert_no_client_revealed_both(local)
 
@@ -124,8 +128,11 @@ def test_masked_input_after_the_unmask_request_is_discarded():
     late = replies.pop(3)
     local.deliver(replies)
     local.advance()
-    assert local.server.stage == UNMASK
-    with pytest.raises(ProtocolError, match="after the unmask request; discarded"):
+    assert local.server.stage == CONSISTENCY
+    with pytest.raises(ProtocolError, match="after the survivor set was closed; discarded"):
+        local.server.receive(3, late)
+    local.step()
+    with pytest.raises(ProtocolError, match="after the survivor set was closed; discarded"):
         local.server.receive(3, late)
     local.step()
     result = local.server.result

@@ -323,6 +323,7 @@ def advance_to_unmask(local, dropped_at_masked_input=(4,)):
     local.step()
     local.step()
     local.step(skip=dropped_at_masked_input)
+    local.step()  # consistency: every survivor signs
     assert local.server.stage == UNMASK
 
 

@@ -24,6 +24,9 @@ from secagg.wire import (
     RevealedShare,
     ShareKeysRequest,
     ShareKeysResponse,
+    ConsistencyRequest,
+    ConsistencyResponse,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
     decode_message,
@@ -52,7 +55,12 @@ def sample_messages():
             (EncryptedShare(1, key(8, SEALED_SHARE_LENGTH)), EncryptedShare(9, key(9, SEALED_SHARE_LENGTH))),
         ),
         MaskedInputResponse(ROUND, NONCE, 4, 12, np.array([0, 1, 4095, 17, 2048], dtype=np.uint32)),
+        ConsistencyRequest(ROUND, NONCE, (1, 4)),
+        ConsistencyResponse(ROUND, NONCE, 4, 3, key(13, 64)),
         UnmaskRequest(ROUND, NONCE, 4, (1, 4), (9,)),
+        UnmaskRequest(
+            ROUND, NONCE, 4, (1, 4), (9,), (SurvivorSignature(1, key(14, 64)), SurvivorSignature(4, key(15, 64)))
+        ),
         UnmaskResponse(
             ROUND,
             NONCE,
@@ -117,9 +125,10 @@ def test_wrong_magic_version_or_type_is_malformed():
     data = sample_messages()[1].to_bytes()
     for corrupted, message in [
         (replace_bytes(data, 0, b"XXXX"), "magic"),
-        (replace_bytes(data, 4, b"\x02"), "version"),
+        (replace_bytes(data, 4, b"\x01"), "unsupported wire version 1"),  # before the consistency round
+        (replace_bytes(data, 4, b"\x03"), "version"),
         (replace_bytes(data, 5, b"\x00"), "unknown message type"),
-        (replace_bytes(data, 5, b"\x09"), "unknown message type"),
+        (replace_bytes(data, 5, b"\x0b"), "unknown message type"),
         (replace_bytes(data, 6, b"\xff"), "round index"),
     ]:
         with pytest.raises(MalformedMessageError, match=message):
@@ -214,3 +223,25 @@ def test_masked_vector_is_copied_and_frozen():
     assert message.vector.tolist() == [1, 2, 3]
     with pytest.raises(ValueError):
         message.vector[0] = 5
+
+
+def test_consistency_messages_are_strict():
+    with pytest.raises(MalformedMessageError, match="must not be empty"):
+        ConsistencyRequest(ROUND, NONCE, ())
+    with pytest.raises(MalformedMessageError, match="strictly increasing"):
+        ConsistencyRequest(ROUND, NONCE, (4, 1))
+    with pytest.raises(MalformedMessageError, match="quorum must be in 1"):
+        ConsistencyResponse(ROUND, NONCE, 4, 0, key(1, 64))
+    with pytest.raises(MalformedMessageError, match="signature must be 64 bytes"):
+        ConsistencyResponse(ROUND, NONCE, 4, 3, key(1, 63))
+    with pytest.raises(MalformedMessageError, match="signers must be strictly increasing"):
+        UnmaskRequest(ROUND, NONCE, 4, (1,), (), (SurvivorSignature(4, key(1, 64)), SurvivorSignature(1, key(2, 64))))
+    signed = UnmaskRequest(ROUND, NONCE, 4, (1,), (), (SurvivorSignature(1, key(1, 64)), SurvivorSignature(4, key(2, 64))))
+    data = signed.to_bytes()
+    signers_at = len(data) - 2 * 68
+    repeated = replace_bytes(data, signers_at + 68, struct.pack(">I", 1))
+    with pytest.raises(MalformedMessageError, match="signers must be strictly increasing"):
+        decode_message(repeated)
+    survivors = ConsistencyRequest(ROUND, NONCE, (1, 4)).to_bytes()
+    with pytest.raises(MalformedMessageError, match="strictly increasing"):
+        decode_message(replace_bytes(survivors, HEADER_LENGTH + 4, struct.pack(">II", 4, 4)))

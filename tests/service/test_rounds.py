@@ -15,7 +15,7 @@ import pytest
 from federation.service.errors import AuthenticationFailedError, BadRequestError, ConflictError, ForbiddenError
 from federation.service.rounds import ClientReport, RoundManager, ServiceSettings
 from secagg.modular import centered_lift
-from secagg.stages import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
+from secagg.stages import ADVERTISE_KEYS, CONSISTENCY, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
 from tests.service.fleet import RuntimeClient, ScriptedClient, drive
 
 SETTINGS = ServiceSettings(min_clients=6, train_timeout=30.0, stage_timeout=10.0, online_window=1e5)
@@ -71,8 +71,9 @@ def test_clients_killed_at_any_stage_drop_out_and_the_round_still_completes(repo
     assert crashed == {4, 5}
     info = repository.get_round(run_id, 0)
     assert info.status == "completed"
-    # A client lost at unmask already sent its masked input: it is in the sum; earlier, it is not.
-    expected_survivors = tuple(range(6)) if stage == UNMASK else (0, 1, 2, 3)
+    # A client lost at consistency or unmask already sent its masked input: it is in the sum;
+    # earlier, it is not.
+    expected_survivors = tuple(range(6)) if stage in (CONSISTENCY, UNMASK) else (0, 1, 2, 3)
     assert info.survivors == expected_survivors
     assert len(info.survivors) >= info.parameters["threshold"]
     assert info.dropouts == {stage: (4, 5)}
