@@ -165,23 +165,26 @@ def _with_client(kind: str, settings: dict, client: int) -> dict:
 
 
 def draw_scenarios(family: ScenarioFamily, kinds: int, seed: int) -> list[Scenario]:
-    """``kinds`` scenario kinds × ``family.seeds_per_kind`` seeds, drawn from ``family`` by a
-    generator seeded with ``seed``; in kind order, seeds of a kind together."""
+    """``kinds`` scenario kinds × ``family.seeds_per_kind`` seeds, drawn from ``family`` with
+    generators seeded by ``seed``. Ordered seed-major (every kind's first seed, then every kind's
+    second, ...), so a run cut short still covers every kind. Prefix-stable: the first k kinds of
+    a larger draw are the k kinds of a smaller one (each axis, kind and seed has its own stream)."""
     if isinstance(kinds, bool) or not isinstance(kinds, int) or kinds < 1:
         raise ValueError(f"kinds must be a positive int, got {kinds!r}")
-    rng = np.random.default_rng(seed)
-    attacks = _cycled(rng, family.kinds, kinds)
-    datasets = _cycled(rng, family.datasets, kinds)
-    models = _cycled(rng, family.models, kinds)
-    scenarios = []
-    for index in range(kinds):
-        dataset, model, kind = datasets[index], models[index], attacks[index]
+    axes = [_cycled(np.random.default_rng([seed, 0, axis]), values, kinds)
+            for axis, values in enumerate((family.kinds, family.datasets, family.models))]
+    drawn = []
+    for index, (kind, dataset, model) in enumerate(zip(*axes)):
+        rng = np.random.default_rng([seed, 1, index])
         if model in IMAGE_MODELS and len(INPUT_SHAPES[dataset]) != 3:
             model = str(rng.choice([m for m in family.models if m not in IMAGE_MODELS] or ["logreg"]))
         clients = int(rng.integers(family.clients[0], family.clients[1] + 1))
         skew = family.skews[int(rng.integers(len(family.skews)))]
-        settings = _attack(rng, family, kind, dataset)
-        for _ in range(family.seeds_per_kind):
+        drawn.append((index, kind, dataset, model, clients, skew, _attack(rng, family, kind, dataset)))
+    scenarios = []
+    for repeat in range(family.seeds_per_kind):
+        for index, kind, dataset, model, clients, skew, settings in drawn:
+            rng = np.random.default_rng([seed, 2, index, repeat])
             client = int(rng.integers(clients))
             scenarios.append(Scenario(
                 kind_index=index, kind=kind, dataset=dataset, model=model, clients=clients,
