@@ -105,7 +105,8 @@ def scenario_table(rows: list[dict]) -> str:
         overhead = r.get("recording_overhead")
         lines.append(
             f"{s['label'] + ' s' + str(s['seed'] % 1000):<44} {r['dp']:>3} {attack_text:>17} "
-            f"{_fmt(_get(r, ('unlearned', 'dominant_gap')), '+.1f'):>8} {_fmt(_get(r, ('unlearned', 'test_gap')), '+.1f'):>8} "
+            f"{_fmt(_get(r, ('unlearned', 'dominant_gap')), '+.1f'):>8} "
+            f"{_fmt(_get(r, ('unlearned', 'test_gap')), '+.1f'):>8} "
             f"{_fmt(_get(r, ('unlearned', 'distance'))):>6} {mia:>11} {_fmt(r.get('history_ratio'), '.1f'):>7} "
             f"{_fmt(r.get('speedup'), '.0f'):>8} {'—' if overhead is None else f'{100 * overhead:+.0f}%':>8}  "
             + ("[bench oracle] " if "bench fallback" in r.get("oracle_source", []) else "")
@@ -151,7 +152,8 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
     rng = np.random.default_rng(0)
     for axis, (key, title, target) in zip(axes, panels):
-        for series, offset, colour, label in (("off", -0.18, "tab:blue", "DP off"), ("on", 0.12, "tab:orange", "DP on")):
+        for series, offset, colour, label in (("off", -0.18, "tab:blue", "DP off"),
+                                              ("on", 0.12, "tab:orange", "DP on")):
             for row in (r for r in rows if r["dp"] == series):
                 x = kinds.index(row["scenario"]["kind"]) + offset + rng.uniform(-0.06, 0.06)
                 value = _get(row, ("unlearned", key))
@@ -160,7 +162,8 @@ def plot(rows: list[dict], path: Path) -> None:
                                  s=28, label=label)
                 spread = _get(row, ("oracle_spread", key))
                 if spread is not None:
-                    axis.scatter([x + 0.12], [spread], color="grey", marker="x", s=22, label="retrain vs retrain (DP on)")
+                    axis.scatter([x + 0.12], [spread], color="grey", marker="x", s=22,
+                                 label="retrain vs retrain (DP on)")
         if key == "distance":
             axis.axhline(target, color="tab:red", linestyle="--", linewidth=1)
             axis.axhline(1.0, color="grey", linestyle=":", linewidth=1)

@@ -34,7 +34,8 @@ def class_matched_indices(member_labels: np.ndarray, pool_labels: np.ndarray, *,
     pool = np.asarray(pool_labels)
     for name, labels in (("member_labels", members), ("pool_labels", pool)):
         if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
-            raise UnlearningInputError(f"{name} must be a non-empty 1-D integer array, got {labels.dtype} {labels.shape}")
+            raise UnlearningInputError(f"{name} must be a non-empty 1-D integer array, "
+                                       f"got {labels.dtype} {labels.shape}")
     classes, counts = np.unique(members, return_counts=True)
     shares = counts / members.size
     available = np.array([np.count_nonzero(pool == c) for c in classes])
