@@ -11,6 +11,18 @@ from unlearning.membership import class_matched_indices, class_matched_membershi
 from unlearning.verification import membership_inference_auc
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small full-batch models train fastest on one thread; two threads on a loaded 2-core machine
+    mostly wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_non_members_follow_the_members_label_distribution():
     members = np.array([0] * 30 + [1] * 10 + [4] * 20)
     pool = np.repeat(np.arange(5), 40)
@@ -66,4 +78,4 @@ def test_a_model_that_never_saw_the_client_scores_one_half_only_when_classes_are
     # Memorization does move the matched score: a model fitted hard to the client's rows.
     memorizer = _trained(torch.cat([features[seen], client[0]]), torch.cat([labels[seen], client[1]]),
                          hidden=128, steps=300)
-    assert class_matched_membership_auc(memorizer, client, pool, seed=0) > 0.6
+    assert class_matched_membership_auc(memorizer, client, pool, seed=0) > np.mean(matched) + 0.05
