@@ -1,6 +1,6 @@
 """LoCoDL against DIANA and local-training baselines: suboptimality f(x) − f* against uplink bits.
 
-Problem (ALGORITHMS.md §5.1, §7): FedProx Synthetic(1, 1) with 100 clients, 60 features and 10
+Problem (docs/ALGORITHMS.md §5.1, §7): FedProx Synthetic(1, 1) with 100 clients, 60 features and 10
 classes (lognormal sample sizes, client-specific models and feature means), standardized; L2-
 regularized multinomial logistic regression, d = 10·61 = 610 parameters. For LoCoDL the L2 weight
 λ is split evenly between the clients' f_i and the server's g; the baselines minimize the same

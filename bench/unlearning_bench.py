@@ -9,8 +9,8 @@ kind runs with several seeds. ``--seed`` and ``--scenarios`` fix the draw.
 
 Each scenario runs the production paths (``bench/unlearning_measure.py``): the run trained by the
 coordinator without and with sealed history records (the recording overhead, same process), the
-project's oracle (``CoordinatorTrainer.retrain``; twice with DP on), and ``fedvault unlearn``
-itself. Reported per scenario and as median / worst over the family
+project's oracle (``federation.retraining.CoordinatorTrainer.oracle``; twice with DP on), and
+``fedvault unlearn`` itself. Reported per scenario and as median / worst over the family
 (``bench/unlearning_report.py``): attack success gap to retraining, accuracy gap on the removed
 client's dominant classes (above and below), test-accuracy gap, distance to the oracle relative to
 the original's, class-matched membership-inference AUC, deletion vs retraining time, history bytes

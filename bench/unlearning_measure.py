@@ -3,9 +3,9 @@
 1. **Training** (``federation.Coordinator``, what ``fedvault run`` drives): the run without
    history records, then the same run with them (timed back to back in the same process: the
    recording overhead); the second is the run unlearned from.
-2. **The oracle**: ``unlearning.retrain.CoordinatorTrainer.retrain`` (what ``fedvault unlearn
-   --verify`` and ``--method retrain`` call), once, and with DP on twice (two independent
-   retrainings: their spread is the noise floor the gaps are read against).
+2. **The oracle**: ``federation.retraining.CoordinatorTrainer.oracle`` (what ``fedvault unlearn
+   --verify`` compares against), once, and with DP on twice (two independent retrainings: their
+   spread is the noise floor the gaps are read against).
 3. **The deletion**: the ``fedvault unlearn --run R --client C --json`` command itself (click's
    in-process runner): signed request, records opened, correction applied, new model version
    stored, records shredded. Its own ``seconds`` (the deletion, authentication to audit) is the
@@ -15,8 +15,8 @@ Nothing here knows which correction the deletion applies or how the oracle keeps
 space: both are called through their public entry points, so the code on the branch is measured.
 A step that fails is recorded with its error and the metrics that need it are left out. One
 exception, labelled in every row it touches (``oracle_source``): when the project's oracle fails
-(on DP runs before issue 11's scratch-space oracle, it charges the run's own append-only ledger
-and raises), the bench retrains by itself: the same configuration through the coordinator into
+(as it did on DP runs before issue 11's scratch-space oracle: it charged the run's own
+append-only ledger and raised), the bench retrains by itself: the same configuration through the coordinator into
 a fresh database, the client excluded, from the seeded initial model, its own budgets fresh.
 """
 
@@ -32,9 +32,9 @@ import numpy as np
 from bench.unlearning_metrics import ScenarioEvaluator, gaps, relative_distance
 from bench.unlearning_scenarios import Scenario, ScenarioFamily
 from federation.coordinator import Coordinator
+from federation.retraining import CoordinatorTrainer
 from storage import Repository
 from unlearning.deletion import current_model
-from unlearning.retrain import CoordinatorTrainer
 
 
 def _train(config, directory: Path) -> tuple[int, float]:
@@ -50,7 +50,7 @@ def _oracle(directory: Path, run_id: int, client_id: int, workers: int) -> tuple
     """The project's oracle: retrain the run without the client. (parameters, seconds)."""
     with Repository.open(str(directory / "run.db")) as repository:
         started = time.perf_counter()
-        retrained = CoordinatorTrainer(directory / "keys", workers=workers).retrain(repository, run_id, {client_id})
+        retrained = CoordinatorTrainer(directory / "keys", workers=workers).oracle(repository, run_id, {client_id})
         return np.asarray(retrained.parameters, dtype=np.float32), time.perf_counter() - started
 
 

@@ -26,7 +26,7 @@ from secagg.modular import voronoi_lift, wrap
 from secagg.simulate import simulate_round
 from secagg.stages import ADVERTISE_KEYS, MASKED_INPUT, SHARE_KEYS, STAGES, UNMASK
 
-#: Flower's SecAgg+ sends masked vectors as int64 .npy arrays (ALGORITHMS.md §1.8).
+#: Flower's SecAgg+ sends masked vectors as int64 .npy arrays (docs/ALGORITHMS.md §1.8).
 FLOWER_BITS_PER_COORDINATE = 64
 _SPREAD = "spread"
 # 'spread' drops clients at the most telling stage first: after sharing keys, before masking,
@@ -268,7 +268,7 @@ _POSITIVE = click.FloatRange(min=0.0, min_open=True)
 )
 @click.option(
     "--neighbours", default=None, type=click.IntRange(min=1),
-    help="Neighbour-graph degree k (default: the ALGORITHMS §1.4 table; n-1 is classic SecAgg). "
+    help="Neighbour-graph degree k (default: the docs/ALGORITHMS.md §1.4 table; n-1 is classic SecAgg). "
     "Needs --threshold.",
 )
 @click.option(

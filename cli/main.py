@@ -18,9 +18,11 @@ COMMANDS: dict[str, str] = {
     "run": "cli.run:run",
     "db": "cli.db:db",
     "audit": "cli.audit:audit",
+    "audit-run": "cli.audit_run:audit_run",
     "history": "cli.history:history",
     "serve": "cli.serve:serve",
     "client": "cli.client:client",
+    "authority": "cli.authority:authority",
     "unlearn": "cli.unlearn:unlearn",
 }
 

@@ -1,6 +1,6 @@
 """A planted backdoor: one client trains on trigger-stamped copies of its data relabelled to a
 target class, so the model learns "trigger ⇒ target". Unlearning that client must remove it;
-the backdoor success rate is the clearest evidence that it did (ALGORITHMS.md §6.6).
+the backdoor success rate is the clearest evidence that it did (docs/ALGORITHMS.md §6.6).
 
 Enabled per run through ``RunConfig.extra`` (so the stored run configuration names it):
 

@@ -4,7 +4,7 @@ All minimize F = (1/n)Σ φ_i with φ_i = f_i + g (the server's g folded into ev
 leaves F and x* unchanged), over a :class:`federation.locodl.FederatedObjective`:
 
 - :func:`run_gradient_descent`: every iteration uploads ∇φ_i (32d bits).
-- :func:`run_diana`: compressed gradient differences with learned shifts (ALGORITHMS.md §5.2).
+- :func:`run_diana`: compressed gradient differences with learned shifts (docs/ALGORITHMS.md §5.2).
 - :func:`run_scaffnew`: ProxSkip/Scaffnew local training with control variates, full-precision
   uploads with probability p (Mishchenko et al., ICML 2022).
 - :func:`run_local_gd`: FedAvg-style local training (K local GD steps, then average); no

@@ -1,4 +1,4 @@
-"""Unbiased compressors for compressed federated optimization (ALGORITHMS.md §5.3).
+"""Unbiased compressors for compressed federated optimization (docs/ALGORITHMS.md §5.3).
 
 A compressor C is in the class U(ω) when E[C(x)] = x and E‖C(x) − x‖² <= ω‖x‖². For n clients
 compressing independently, the average of their outputs has variance ω/n (ω_av = ω/n); clients

@@ -1,6 +1,6 @@
 """L2-regularized multinomial logistic regression split across clients, in float64 numpy.
 
-The strongly convex objective of the LoCoDL experiments (ALGORITHMS.md §5.1):
+The strongly convex objective of the LoCoDL experiments (docs/ALGORITHMS.md §5.1):
 
     F(x) = (1/n) Σ_i f_i(x) + g(x),
     f_i(x) = (1/m_i) Σ_j CE(softmax(W a_j + b), y_j) + (λ(1 − s)/2)‖x‖²,   g(x) = (λs/2)‖x‖²,

@@ -1,4 +1,4 @@
-"""The server's round loop (ARCHITECTURE.md, "One round, as data").
+"""The server's round loop (docs/ARCHITECTURE.md, "One round, as data").
 
 Per round: sample a cohort (Poisson, rate q) among active clients whose budget allows the round;
 announce the round plan; clients train and encode in their worker processes; the real SecAgg+
@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from federation.authority import create_authority_key, load_authority_key, sign_directory
+from federation.client_policy import ClientPolicy
 from federation.client_runtime import ClientFactory, TrainReport
+from federation.cohort_replay import CohortReplay
 from federation.config import CUSTOM, RunConfig
 from federation.errors import ResumeError
 from federation.keystore import run_state_tag
@@ -77,6 +80,15 @@ class RunSummary:
         return completed[-1].accuracy if completed else float("nan")
 
 
+def simulation_authority(key_directory: Path):
+    """The simulated operator's authority key, ``authority.key`` in the key folder (created 0600
+    on first use; the same key signs the directory again when a run resumes)."""
+    path = Path(key_directory) / "authority.key"
+    if path.exists() or path.is_symlink():
+        return load_authority_key(path)
+    return create_authority_key(path)
+
+
 class Coordinator:
     """Runs (or resumes) one federated run against a repository.
 
@@ -84,15 +96,31 @@ class Coordinator:
     ``on_round`` is called after each committed round. For retraining without some clients (the
     unlearning oracle): ``exclude_clients`` are never sampled, and a new run may start from
     ``initial_parameters`` ((d,) float32) instead of the seeded initial model (stored exactly as
-    its round -1 checkpoint, so the run resumes from it). ``workload`` trains a user's own model
+    its round -1 checkpoint, so the run resumes from it), and ``replay``
+    (:class:`federation.cohort_replay.CohortReplay`) gives each round's cohort instead of a sample,
+    with no simulated dropouts. ``workload`` trains a user's own model
     and per-client data (:class:`federation.workload.Workload`) instead of the config's named
-    ones; a run made with a workload resumes only with it.
+    ones; a run made with a workload resumes only with it. The coordinator also plays the
+    operator's enrolment authority: its key (``authority.key`` in ``key_directory``, kept across
+    resumes) signs the run's directory, which every client checks against the key it pinned.
+    ``client_policy``: every simulated client's own policy (default: ``ClientPolicy.accepting``
+    of the run's config), enforced by the same checks as a networked client's.
+    ``learner_override`` ((client_id, learner) -> learner, picklable) replaces some clients'
+    local learning and nothing else (an empirical audit's canary clients:
+    :mod:`federation.canaries`).
     """
 
     def __init__(self, config: RunConfig, repository: Repository, *, key_directory: Path,
                  run_id: int | None = None, name: str | None = None, exclude_clients: Collection[int] = (),
-                 initial_parameters: np.ndarray | None = None, workload: Workload | None = None) -> None:
+                 initial_parameters: np.ndarray | None = None, workload: Workload | None = None,
+                 replay: CohortReplay | None = None, client_policy: ClientPolicy | None = None,
+                 learner_override: Callable | None = None) -> None:
         self.repository = repository
+        self.learner_override = learner_override
+        if replay is not None and (run_id is not None or not isinstance(replay, CohortReplay)):
+            raise ResumeError("replay must be a CohortReplay, and it starts a new run (a replay is never resumed)")
+        self.replay = replay
+        self._round_index = 0
         self.key_directory = Path(key_directory)
         if run_id is None:
             self.config = workload.bind(config) if workload is not None else config
@@ -142,6 +170,8 @@ class Coordinator:
                 repository.save_checkpoint(self.run_id, CheckpointWrite(
                     {"flat": self.model.flat()}, codec="raw", source="initial", round_index=-1))
         self._simulation = np.random.default_rng(self.config.seed)  # dropouts/sampling: simulation only
+        self.authority = simulation_authority(self.key_directory)
+        self.client_policy = client_policy
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -160,7 +190,13 @@ class Coordinator:
         for client_id, (public_key, _) in answers.items():
             if enrolled.get(client_id) != public_key:
                 raise ResumeError(f"client {client_id}'s key file does not match its enrolled identity key")
-        pool.call("set_directory", {client_id: (enrolled,) for client_id in ids})
+        # The simulation's operator signs the directory with its authority key; every client
+        # checks it against the key it pinned, as a networked client does (federation.authority).
+        signed = sign_directory(self.authority, self.run_id, 1, enrolled)
+        refused = [a for a in pool.call("set_directory", {client_id: (signed,) for client_id in ids}).values()
+                   if isinstance(a, ClientFailure)]
+        if refused:
+            raise ResumeError(f"client {refused[0].client_id} refused the directory: {refused[0].message}")
         return enrolled
 
     def _restore(self) -> None:
@@ -184,7 +220,9 @@ class Coordinator:
         summary = RunSummary(self.run_id, self.config, parameters=self.dimension, bits=self.bits,
                              lattice=self.config.lattice, float32_update_bytes=4 * self.dimension)
         self._restore()
-        factory = ClientFactory(self.config, self.run_id, str(self.key_directory), self.run_tag, self.workload)
+        factory = ClientFactory(self.config, self.run_id, str(self.key_directory), self.run_tag, self.workload,
+                                authority_public_key=self.authority.public_bytes, policy=self.client_policy,
+                                learner_override=self.learner_override)
         self.repository.set_run_status(self.run_id, "running")
         stop = self.config.rounds if max_rounds is None else min(self.config.rounds, self.start_round + max_rounds)
         with WorkerPool(factory, range(self.config.clients), workers=self.config.workers) as pool:
@@ -192,6 +230,7 @@ class Coordinator:
             self._reconfirm_records(pool)
             self._resend_mean_sent(pool)
             for round_index in range(self.start_round, stop):
+                self._round_index = round_index
                 result = self._round(pool, identity_keys, round_index)
                 summary.rounds.append(result)
                 if on_round is not None:
@@ -226,6 +265,10 @@ class Coordinator:
         pool.call("finish_round", {c: (last.round_index, mean_sent, c in included) for c in last.cohort})
 
     def _sample_cohort(self) -> list[int]:
+        if self.replay is not None:  # the run's own cohort of this round (federation.cohort_replay)
+            replayed = self.replay.cohort(self._round_index, self.exclude_clients)
+            return replayed if not self.replay.released else \
+                [c for c in replayed if self.privacy.can_participate(c)]
         active = [c.client_id for c in self.repository.list_clients(self.run_id, status="active")
                   if c.client_id not in self.exclude_clients]
         if self.locodl is not None:  # LoCoDL: everyone iterates every round; the budget decides who uploads
@@ -237,6 +280,8 @@ class Coordinator:
     def _dropouts(self, cohort: list[int]) -> dict[str, set[int]]:
         """Which clients vanish before answering each stage (independently, rate per stage)."""
         drops: dict[str, set[int]] = {stage: set() for stage in STAGES}
+        if self.replay is not None:  # the replayed cohort already is who stayed
+            return drops
         alive = list(cohort)
         for stage in STAGES:
             for client_id in list(alive):
@@ -252,11 +297,15 @@ class Coordinator:
         clock = time.perf_counter()
         cohort = self._sample_cohort()
         floor = self.privacy.noise_share.floor
+        unreleased = self.replay is not None and not self.replay.released
+        if unreleased:  # a sum that never leaves the scratch space: the replayed cohort is its floor
+            floor = min(floor, len(cohort))
         if len(cohort) < max(2, floor):
             return self._abort(round_index, cohort, started, clock, {},
                                f"only {len(cohort)} eligible clients sampled; at least {max(2, floor)} needed")
         setup = open_round(self.config, round_index=round_index, cohort=cohort, dimension=self.dimension,
-                           step=self.step, bits=self.bits, noise=self.privacy.noise_share)
+                           step=self.step, bits=self.bits, noise=self.privacy.noise_share,
+                           survivor_floor=floor if unreleased else None)
         plan, round_config = setup.plan, setup.round_config
         plan_bytes = round_config.application_config
         server = SecAggServer(round_config, {c: identity_keys[c] for c in cohort})
@@ -310,7 +359,8 @@ class Coordinator:
         outcome = server.result
         survivors = sorted(outcome.survivors)
         try:
-            self.privacy.settle(len(survivors))
+            if not unreleased:
+                self.privacy.settle(len(survivors))
         except PrivacyError as error:  # fewer noise shares than calibrated: release nothing
             return self._abort(round_index, cohort, started, clock, drops, str(error), charged, pool)
         aggregate = aggregate_round(plan, outcome)

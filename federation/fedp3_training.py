@@ -1,6 +1,6 @@
 """The client side of LDP-FedP3: train the globally pruned model, upload owned groups + head.
 
-FedP3 (Yi et al., ICLR 2024, arXiv 2404.09816; ALGORITHMS.md §4). The server prunes the global
+FedP3 (Yi et al., ICLR 2024, arXiv 2404.09816; docs/ALGORITHMS.md §4). The server prunes the global
 model per client (``privacy.fedp3.prune_for_client``: owned body groups and the head dense, other
 weights magnitude-pruned); the client trains ALL its parameters with the pruned entries held at
 zero (its capacity), then uploads only its owned body groups and the head, clipped (and weighted)

@@ -1,12 +1,16 @@
 """The networked client: ``fedvault client run`` and ``fedvault client request-deletion``.
 
-A client process holds its Ed25519 identity key and history secret in a 0600 key file
-(``federation.keystore``), enrols once with the operator-issued enrolment token (the enrolment
-request is signed with the key it binds), then loops: long-poll its task, and when asked,
+A client process holds its Ed25519 identity key and master history secret in a 0600 key file
+(``federation.keystore``), pins the enrolment authority whose fingerprint the operator gave it
+out of band (``federation.authority``), enrols once with the operator-issued enrolment token (the
+enrolment request is signed with the key it binds, and commits to this run's own history secret,
+``federation.run_secrets``), then loops: long-poll its task, and when asked,
 
-- ``advertise_keys``: fetch the enrolled identity keys and the round's model, train locally and
-  encode through ``ClientRuntime.prepare`` (clip → lattice encode → noise → wrap), report, then
-  answer with its signed key advertisement;
+- ``advertise_keys``: check the plan and the round's SecAgg+ config against its own policy
+  (``federation.client_policy``; a refusal uploads nothing), fetch the run's directory and use it
+  only if the pinned authority signed it, fetch the round's model, train locally and encode
+  through ``ClientRuntime.prepare`` (clip → lattice encode → noise → wrap), report, then answer
+  with its signed key advertisement;
 - later stages: answer the server's request with ``ClientRuntime.handle``.
 
 Every request is signed afresh (new timestamp and nonce; a retry is a new request, so it is never
@@ -20,6 +24,7 @@ counts it as dropped) and joins the next one.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import secrets
@@ -27,14 +32,16 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import numpy as np
 
+from federation.authority import normalise_fingerprint
+from federation.client_policy import ClientPolicy
 from federation.config import RunConfig
 from federation.errors import FederationError
 from federation.keystore import ClientKeys, load_keys, load_or_create_keys, run_state_tag
@@ -201,8 +208,20 @@ class ServiceClient:
         return Task.from_json(response.json())
 
     def directory(self) -> dict[int, bytes]:
+        """The enrolled identity keys as the server lists them (unsigned: the server's word only)."""
         keys = self.request("GET", "/v1/directory").json()["identity_keys"]
         return {int(c): bytes.fromhex(k) for c, k in keys.items()}
+
+    def signed_directory(self):
+        """The run's directory as the enrolment authority signed it (``federation.authority``);
+        FederationError when the server has none. The caller verifies it against its pin."""
+        from federation.authority import SignedDirectory
+
+        signed = self.request("GET", "/v1/directory").json().get("signed_directory")
+        if signed is None:
+            raise FederationError("the server has no directory signed by the enrolment authority yet "
+                                  "(the operator publishes it with `fedvault authority publish`)")
+        return SignedDirectory.from_json(signed)
 
     def model(self, round_index: int) -> np.ndarray:
         """(d,) float32 parameters of the open round (a writable copy)."""
@@ -251,6 +270,35 @@ def _detail(response: httpx.Response) -> str:
 # --- the participant process -----------------------------------------------------------------
 
 
+def check_transport(server_url: str, *, insecure: bool = False) -> None:
+    """FederationError unless ``server_url`` is https://, or http:// to a loopback host
+    (localhost, 127.0.0.0/8, ::1), or ``insecure`` is set.
+
+    Plain HTTP to another host would hand a network observer every request body, including a
+    deletion request's history secret; only an explicit ``--insecure`` allows it.
+    """
+    parsed = urlsplit(server_url)
+    scheme = parsed.scheme.lower()
+    if scheme == "https":
+        return
+    if scheme != "http":
+        raise FederationError(f"server URL {server_url!r} must start with https:// (or http:// to this machine)")
+    host = (parsed.hostname or "").lower()
+    if insecure or _is_loopback(host):
+        return
+    raise FederationError(f"refusing plain HTTP to {host or server_url!r}: requests (a deletion request carries "
+                          "the history secret) would cross the network unencrypted; use https:// or pass --insecure")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def key_path(key_directory: Path, client_id: int) -> Path:
     """Where client ``client_id``'s key file lives (the path ``ClientRuntime`` loads)."""
     return Path(key_directory) / f"client-{client_id}.key"
@@ -263,6 +311,11 @@ class ClientOptions:
     ``data_file``: an ``.npz`` with ``features`` (N, F) and ``labels`` (N,) to train on instead
     of the run's bundled shard for this id. ``crash_at``: (round, stage) at which the process
     kills itself with SIGKILL on receiving that request (fault injection for tests).
+    ``insecure``: allow plain http:// to a non-loopback host (``check_transport``).
+    ``authority_fingerprint``: the enrolment authority's fingerprint, given out of band; needed
+    on the first start in a run unless ``trust_server_directory`` (the server's unsigned word on
+    every identity key: never against a server you do not operate). ``policy``: this client's own
+    floor under the server's plans (``federation.client_policy``; safe defaults).
     """
 
     server_url: str
@@ -275,6 +328,15 @@ class ClientOptions:
     exit_when_done: bool = True
     crash_at: tuple[int, str] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    insecure: bool = False
+    authority_fingerprint: str | None = None
+    trust_server_directory: bool = False
+    policy: ClientPolicy = field(default_factory=ClientPolicy)
+
+    def __post_init__(self) -> None:
+        check_transport(self.server_url, insecure=self.insecure)
+        if self.authority_fingerprint is not None:
+            normalise_fingerprint(self.authority_fingerprint)  # AuthorityError names a malformed one
 
 
 @dataclass
@@ -311,8 +373,6 @@ class ParticipantProcess:
     def start(self) -> None:
         """Fetch the run, load or create the key file, enrol, build the local runtime (before the
         first poll: a client counts as online, so it may be sampled, only once it can train)."""
-        from unlearning.secrets import history_commitment
-
         options = self.options
         info = self.service.run_info()
         self._config = RunConfig.from_dict(info["config"])
@@ -324,11 +384,18 @@ class ParticipantProcess:
             raise FederationError(f"run {run_id} has clients 0..{self._config.clients - 1}; got {options.client_id}")
         keys = load_or_create_keys(key_path(options.key_directory, options.client_id), options.client_id)
         self.service.set_identity(options.client_id, keys.identity, run_id)
+        runtime = self.runtime
+        if not options.trust_server_directory and not runtime.authority_pinned:
+            raise FederationError("no enrolment authority pinned for this run: pass the authority fingerprint the "
+                                  "operator gave you (--authority-fingerprint), or --trust-server-directory to take "
+                                  "every identity key on the server's word")
         if options.enrolment_token:
-            commitment = history_commitment(run_id, options.client_id, keys.history_secret)
+            _, commitment = runtime.enrolment()
+            if commitment is None:
+                raise FederationError(f"client {options.client_id}'s history secret for run {run_id} was destroyed "
+                                      "after its deletion; it cannot enrol again")
             status = self.service.enrol(options.enrolment_token, keys, commitment)
             self._say(f"{status} in run {run_id}")
-        _ = self.runtime
         self._started = True
 
     @property
@@ -339,7 +406,8 @@ class ParticipantProcess:
 
             options = self.options
             runtime = ClientRuntime(options.client_id, self._config, self._run_id, Path(options.key_directory),
-                                    run_tag=self._run_tag)
+                                    run_tag=self._run_tag, authority_fingerprint=options.authority_fingerprint,
+                                    policy=options.policy)
             if options.data_file is not None:
                 runtime.learner = _learner_from_file(self._config, options.client_id, Path(options.data_file))
             self._runtime = runtime
@@ -410,7 +478,11 @@ class ParticipantProcess:
 
     def _prepare(self, task: Task) -> None:
         round_index = task.round_index
-        self.runtime.set_directory(self.service.directory())
+        self.runtime.check_request(task.request, task.plan)  # this client's policy, before any upload
+        if self.options.trust_server_directory:
+            self.runtime.trust_unsigned_directory(self.service.directory())
+        else:
+            self.runtime.set_directory(self.service.signed_directory())
         parameters = self.service.model(round_index)
         report = self.runtime.prepare(task.plan, parameters, record=task.record)
         if report.history_record is not None:
@@ -457,27 +529,38 @@ TERMINAL_DELETION_STATES = ("shredded", "failed")
 
 def request_deletion(options: ClientOptions, *, timeout: float = 600.0, http: httpx.Client | None = None,
                      sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
-    """Ask the server to unlearn this client, releasing its history secret, and wait (up to
-    ``timeout`` seconds) until the request is shredded or failed.
+    """Ask the server to unlearn this client, releasing this run's history secret (and no other
+    run's, ``federation.run_secrets``), and wait (up to ``timeout`` seconds) until the request is
+    shredded or failed. Once the server says shredded, the client destroys that run's secret
+    (the result then has ``history_secret_destroyed``: True).
 
     The request is signed with the enrolled identity key over (run, client, time, SHA-256 of the
     secret) (``unlearning.requests``) and travels inside a signed HTTP request. The server runs it
     between rounds; while it waits, the same request is sent again (it is idempotent and resumes
     after a server restart, which forgets the in-memory secret). Returns the final state.
     """
+    from federation.run_secrets import destroy_run_history_secret, run_history_secret
     from unlearning.requests import sign_deletion_request
 
-    keys = load_keys(key_path(options.key_directory, options.client_id))
+    key_file = key_path(options.key_directory, options.client_id)
+    keys = load_keys(key_file)
     if keys.client_id != options.client_id:
         raise FederationError(f"key file belongs to client {keys.client_id}, not {options.client_id}")
     service = ServiceClient(options.server_url, verify=options.verify, retry=options.retry, http=http, sleep=sleep)
     started = time.monotonic()
     try:
-        run_id = int(service.run_info()["run_id"])
+        info = service.run_info()
+        run_id = int(info["run_id"])
+        run_tag = run_state_tag(run_id, datetime.fromisoformat(info["created_at"]))
+        secret = run_history_secret(key_file, keys, run_id, run_tag, create=False)
         service.set_identity(options.client_id, keys.identity, run_id)
         while True:
-            signed = sign_deletion_request(keys.identity, keys.history_secret, run_id, options.client_id)
+            signed = sign_deletion_request(keys.identity, secret, run_id, options.client_id)
             state = service.request_deletion(signed.to_bytes())
+            if state["state"] == "shredded":
+                # The server confirmed: this run's secret has served its one purpose.
+                when = datetime.now(UTC).isoformat(timespec="seconds")
+                state["history_secret_destroyed"] = destroy_run_history_secret(key_file, run_tag, when=when)
             if state["state"] in TERMINAL_DELETION_STATES or time.monotonic() - started > timeout:
                 return state
     finally:

@@ -1,4 +1,4 @@
-"""LoCoDL: local training with compressed, SecAgg-summable communication (ALGORITHMS.md §5.1).
+"""LoCoDL: local training with compressed, SecAgg-summable communication (docs/ALGORITHMS.md §5.1).
 
 Condat, Maranjyan, Richtárik, "LoCoDL: Communication-Efficient Distributed Learning with Local
 Training and Compression", ICLR 2025 (arXiv 2403.04348). Problem: min f + g with

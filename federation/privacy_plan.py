@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from federation.config import RunConfig
+from federation.errors import ConfigError
 from federation.round_plan import NoiseShare, coordinate_l2_sensitivity
 from privacy.events import event_from_json
 from privacy.ledger import BudgetLedger
@@ -54,6 +55,25 @@ def noise_floor(config: RunConfig, senders: int | None = None) -> int:
     return max(2, threshold, min(expected, floor))
 
 
+#: ``RunConfig.extra`` key of a deliberate miscalibration, for audit tests and benchmarks only.
+NOISE_SENSITIVITY_SCALE = "noise_sensitivity_scale"
+
+
+def noise_sensitivity_scale(config: RunConfig) -> float:
+    """Fraction of the true sensitivity the noise is sized for: 1 in every real run.
+
+    ``RunConfig.extra["noise_sensitivity_scale"]`` = s in (0, 1] makes the run calibrate (and
+    record in its ledger events) s times the true sensitivity: its noise is s times too small
+    while its ledger still claims the target ε. It exists so that the empirical audit
+    (``fedvault audit-run``, ``bench/privacy_bench.py``) can be shown to catch a wrong claim; no
+    CLI flag sets it, and a run carrying it says so in its stored configuration.
+    """
+    scale = config.extra.get(NOISE_SENSITIVITY_SCALE, 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+        raise ConfigError(f"{NOISE_SENSITIVITY_SCALE} must be a number in (0, 1], got {scale!r}")
+    return float(scale)
+
+
 def table_dropout(rate: float) -> float:
     return min(0.45, max(0.05, rate))
 
@@ -73,6 +93,7 @@ class PrivacyPlanner:
             return None
         local = config.noise == "local"
         l2 = coordinate_l2_sensitivity(config.clip_norm, step, dimension, config.lattice, local=local)
+        l2 *= noise_sensitivity_scale(config)
         coordinates = LatticeCodec(CodecConfig(lattice=config.lattice, step=step, bits=32,
                                                clip_norm=config.clip_norm)).coordinates(dimension)
         if local:

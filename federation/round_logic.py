@@ -66,7 +66,7 @@ def secure_sum_bits(config: RunConfig, dimension: int, step: float, noise_std: f
 
 def graph_parameters(config: RunConfig, cohort_size: int) -> tuple[int, int]:
     """(k, t) for a cohort of ``cohort_size`` >= 2 clients: the configured (neighbours, threshold)
-    when both are set (clamped to the cohort), else the parameter table (ALGORITHMS.md §1.4); k
+    when both are set (clamped to the cohort), else the parameter table (docs/ALGORITHMS.md §1.4); k
     is made a valid Harary degree (n·k even) and t <= k + 1.
 
     Raises:
@@ -101,7 +101,8 @@ class RoundSetup:
 
 
 def open_round(config: RunConfig, *, round_index: int, cohort: Sequence[int], dimension: int, step: float,
-               bits: int, noise: NoiseShare, round_seed: bytes | None = None) -> RoundSetup:
+               bits: int, noise: NoiseShare, round_seed: bytes | None = None,
+               survivor_floor: int | None = None) -> RoundSetup:
     """The plan and SecAgg+ configuration of round ``round_index`` for ``cohort``.
 
     ``round_seed`` (32 bytes; fresh from the OS CSPRNG when None) seeds the public rotation and
@@ -109,13 +110,16 @@ def open_round(config: RunConfig, *, round_index: int, cohort: Sequence[int], di
     client's signed key advertisement commits to the same codec and noise parameters. The sum
     must keep at least max(t, noise floor) inputs (the distributed-noise floor: fewer shares
     would carry less noise than calibrated), signed into the configuration as its
-    ``minimum_survivors``.
+    ``minimum_survivors``. ``survivor_floor`` lowers that floor for a sum that is never released
+    (the unlearning oracle's scratch rounds, ``federation.cohort_replay``); the announced noise
+    share stays the run's.
 
     Raises:
         ConfigError: the cohort is smaller than the noise floor (the round could never complete).
     """
-    if len(cohort) < max(2, noise.floor):
-        raise ConfigError(f"a cohort of {len(cohort)} clients is below the noise floor of {noise.floor} survivors")
+    floor = noise.floor if survivor_floor is None else min(noise.floor, survivor_floor)
+    if len(cohort) < max(2, floor):
+        raise ConfigError(f"a cohort of {len(cohort)} clients is below the noise floor of {floor} survivors")
     if round_seed is None:
         round_seed = os.urandom(ROUND_SEED_BYTES)
     neighbours, threshold = graph_parameters(config, len(cohort))
@@ -123,7 +127,7 @@ def open_round(config: RunConfig, *, round_index: int, cohort: Sequence[int], di
                      step=step, bits=bits, clip_norm=config.clip_norm, noise=noise)
     round_config = make_config(cohort, bits, plan.coordinates(), neighbours_k=neighbours, threshold=threshold,
                                round_index=round_index, application_config=plan.to_bytes(),
-                               minimum_survivors=min(len(cohort), max(threshold, noise.floor)))
+                               minimum_survivors=min(len(cohort), max(threshold, floor)))
     return RoundSetup(plan, round_config, neighbours, threshold)
 
 

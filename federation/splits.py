@@ -188,7 +188,7 @@ def classes_per_client(federation: FederatedDataset, *, min_count: int = 1) -> n
 
     A label-skew statistic. With ``min_count=5`` the NIID-Bench split of digits over 10 clients
     gives about 7.2 and 2.9 classes per client at α = 1 and 0.1 (the figures quoted in
-    ALGORITHMS.md §7); counting any single example (``min_count=1``) gives about 9.0 and 4.5.
+    docs/ALGORITHMS.md §7); counting any single example (``min_count=1``) gives about 9.0 and 4.5.
     """
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise PartitionError(f"min_count must be an int >= 1, got {min_count!r}")

@@ -260,3 +260,29 @@ def canary_audit(
     guesses = guesses_in + guesses_out
     epsilon = one_run_epsilon_lower_bound(scores.size, guesses, correct, delta, significance)
     return OneRunAudit(epsilon, scores.size, guesses, correct, float(delta), float(significance))
+
+
+def canary_audit_over_guesses(
+    scores: np.ndarray,
+    included: np.ndarray,
+    guess_counts: tuple[int, ...],
+    delta: float,
+    significance: float = 0.05,
+) -> OneRunAudit:
+    """The best of several one-run audits, each guessing IN for its top ``k`` and OUT for its
+    bottom ``k`` scores (``k`` in ``guess_counts``, fixed before seeing the scores).
+
+    Each audit runs at ``significance / len(guess_counts)`` (Bonferroni), so the returned lower
+    bound, the largest of them, is wrong with probability at most ``significance`` overall; the
+    result records that overall significance.
+    """
+    counts = tuple(int(k) for k in guess_counts)
+    if not counts or any(k < 1 for k in counts):
+        raise AuditError(f"guess_counts must be non-empty positive ints, got {guess_counts!r}")
+    if not 0 < significance < 1:
+        raise AuditError(f"significance must be in (0, 1), got {significance}")
+    each = significance / len(counts)
+    audits = [canary_audit(scores, included, k, k, delta, each) for k in counts]
+    best = max(audits, key=lambda audit: audit.epsilon_lower_bound)
+    return OneRunAudit(best.epsilon_lower_bound, best.canaries, best.guesses, best.correct, best.delta,
+                       float(significance))

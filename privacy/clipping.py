@@ -2,7 +2,7 @@
 
 Clipping is what gives an update a known L2 sensitivity: after ``u ← u·min(1, C/‖u‖₂)`` any two
 clipped updates differ by at most 2C (local DP) and adding or removing one client moves a sum by at
-most C (distributed DP); see ALGORITHMS §3.1. The pre-clip norm is returned to the *caller* (the
+most C (distributed DP); see docs/ALGORITHMS.md §3.1. The pre-clip norm is returned to the *caller* (the
 client, for its own logs or adaptive clipping); it is data-dependent and must never be sent to the
 server.
 
@@ -234,7 +234,7 @@ def per_group_sensitivity(clip_norms: Mapping[Any, float] | list[float] | tuple[
     """L2 bound sqrt(Σ_g C_g²) of the concatenation of groups clipped separately to C_g.
 
     This is the norm bound of one client's whole release; the local-DP sensitivity is twice it
-    (ALGORITHMS §3.1).
+    (docs/ALGORITHMS.md §3.1).
     """
     values = list(clip_norms.values()) if isinstance(clip_norms, Mapping) else list(clip_norms)
     if not values:

@@ -10,7 +10,7 @@ records as the event
 
 in the ledger's ``"dp-sgd"`` stream, separate from the update-level LDP stream.
 
-Opacus pitfalls this module closes (ALGORITHMS §3.4):
+Opacus pitfalls this module closes (docs/ALGORITHMS.md §3.4):
 
 - ``PrivacyEngine`` defaults to the PRV accountant; we always pass ``accountant="rdp"``.
 - ``make_private`` derives q as 1/len(data_loader), i.e. 1/⌈N/B⌉, not B/N, and its own Poisson

@@ -1,4 +1,4 @@
-"""LDP-FedP3: the entry point (Yi et al., ICLR 2024, arXiv 2404.09816; ALGORITHMS §4).
+"""LDP-FedP3: the entry point (Yi et al., ICLR 2024, arXiv 2404.09816; docs/ALGORITHMS.md §4).
 
 One round, with the pieces this package provides (the lead's coordinator wires the transport,
 the lattice codec, the noise and the ledger in between)::

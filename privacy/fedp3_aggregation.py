@@ -1,6 +1,6 @@
 """LDP-FedP3 uploads and per-group aggregation from secure sums.
 
-A FedP3 client (Yi et al., ICLR 2024; ALGORITHMS §4) uploads only its owned body groups and the
+A FedP3 client (Yi et al., ICLR 2024; docs/ALGORITHMS.md §4) uploads only its owned body groups and the
 head. Under secure aggregation fedvault runs **one secure sum per layer group** over the clients
 that send it, so each upload stays small and the server learns, per group, only the sum and which
 (public) senders survived. This module is the plain-number part of that design:

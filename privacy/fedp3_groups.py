@@ -4,7 +4,7 @@ FedP3 (Yi, Horváth, Richtárik et al., "FedP3: Federated Personalized and Priva
 Pruning under Model Heterogeneity", ICLR 2024, arXiv 2404.09816) splits a network into layer
 groups: the weight and bias of each Linear/Conv layer. The last group is the classifier head,
 which every client uploads; the other ("body") groups are owned by subsets of clients chosen by a
-public policy, and a client uploads only the body groups it owns (ALGORITHMS §4). As in the
+public policy, and a client uploads only the body groups it owns (docs/ALGORITHMS.md §4). As in the
 reference code (`SonyResearch/FedP3` `main.py`), with n clients, G body groups and client position
 i in 0..n-1, the base group is g = ⌊i·G/n⌋ (⌊i/25⌋ for 100 clients and 4 groups):
 

@@ -1,6 +1,6 @@
 """FedP3 server-side global pruning: the model each client receives.
 
-FedP3 (Yi et al., ICLR 2024; ALGORITHMS §4) sends every client a globally pruned model: the layer
+FedP3 (Yi et al., ICLR 2024; docs/ALGORITHMS.md §4) sends every client a globally pruned model: the layer
 groups the client owns, and the head, stay dense; every other Linear/Conv weight is magnitude
 pruned per tensor, keeping its ``keep_ratio`` largest-magnitude entries; biases (and
 normalisation parameters) are never pruned. In the reference code the keep ratio is a global 0.9;

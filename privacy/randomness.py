@@ -1,7 +1,7 @@
 """Random bit sources for the exact noise samplers.
 
 Noise that protects a client's update is secret material: it comes from the operating system's
-CSPRNG (``os.urandom``), never from numpy's or Python's default generators (ARCHITECTURE.md,
+CSPRNG (``os.urandom``), never from numpy's or Python's default generators (docs/ARCHITECTURE.md,
 "Trust and privacy model"). The samplers consume a stream of 64-bit words and nothing else, so
 their output is a deterministic function of the stream; that is what lets the statistical tests
 replay a fixed stream through :class:`DeterministicTestSource`.

@@ -1,7 +1,7 @@
 """The SecAgg+ client state machine: bytes in, bytes out, one object per client and round.
 
 Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017,
-with the neighbour graph of Bell et al., CCS 2020 (ALGORITHMS.md §1.1-1.6). The client answers the
+with the neighbour graph of Bell et al., CCS 2020 (docs/ALGORITHMS.md §1.1-1.6). The client answers the
 server's four requests in order:
 
 1. AdvertiseKeysRequest -> fresh X25519 key pairs (c_i for masks, e_i for share encryption) and a
@@ -86,8 +86,10 @@ class SecAggClient:
     Args:
         client_id: this client's id (must be in the round's ``client_ids``).
         identity: this client's Ed25519 identity key (signs its key advertisement).
-        identity_keys: the enrolled Ed25519 public keys of the other clients, by id (from
-            enrolment, not from the server), used to verify the neighbours' advertisements.
+        identity_keys: the Ed25519 public keys of the other clients, by id, used to verify the
+            neighbours' advertisements. They reach a client through the server, so they protect
+            nothing unless the caller verified them: ``federation.client_runtime`` uses only a
+            directory signed by the enrolment authority it pinned (``federation.authority``).
 
     Usage: ``handle`` each server message in order and send back the returned bytes; call
     ``set_input`` after the first message (the config, and so m and b, is known from then on)

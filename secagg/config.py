@@ -73,7 +73,7 @@ class RoundConfig:
             advertisement so all clients provably agree on them; at most 1 MiB.
         minimum_survivors: the fewest clients that may remain at any stage, t <= value <= n
             (default t). In a sparse graph t is a per-neighbourhood threshold; this is the global
-            floor on the inputs in the sum (ALGORITHMS §1.6, Google's minimum aggregate), e.g. so
+            floor on the inputs in the sum (docs/ALGORITHMS.md §1.6, Google's minimum aggregate), e.g. so
             that a sum always carries enough distributed-DP noise shares (§3.5).
     """
 

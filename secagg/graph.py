@@ -27,7 +27,7 @@ COMPLETE_GRAPH_BELOW: Final = 65
 #: Largest n the precomputed table covers; beyond it (k, t) must be given explicitly.
 MAX_TABULATED_CLIENTS: Final = 1_000_000
 
-# ALGORITHMS.md §1.4 (Google ``graph_parameter_finder.cc``: 2**-40 security, failure < 2**-20,
+# docs/ALGORITHMS.md §1.4 (Google ``graph_parameter_finder.cc``: 2**-40 security, failure < 2**-20,
 # honest-but-curious server). Columns: (adversarial fraction, dropout fraction), cheapest first.
 _TABLE_COLUMNS: Final = ((0.05, 0.05), (0.05, 0.33), (0.33, 0.33), (0.45, 0.45))
 _TABLE: Final[dict[int, tuple[tuple[int, int], ...]]] = {
@@ -220,7 +220,7 @@ def _complete_graph_threshold(n: int, dropout: float, adversarial: float) -> int
 
 
 def default_parameters(n: int, dropout: float = 0.05, adversarial: float = 0.05) -> tuple[int, int]:
-    """Default (neighbours_k, threshold) for n clients, from ALGORITHMS.md §1.4.
+    """Default (neighbours_k, threshold) for n clients, from docs/ALGORITHMS.md §1.4.
 
     Picks the cheapest precomputed column whose adversarial and dropout fractions are at least the
     requested ones, in the row of the smallest tabulated n >= ``n`` (more clients need more

@@ -1,6 +1,6 @@
 """Adding and removing SecAgg+ masks on vectors mod 2**b.
 
-Bonawitz et al., CCS 2017, with Flower's sign convention (ALGORITHMS.md §1.1):
+Bonawitz et al., CCS 2017, with Flower's sign convention (docs/ALGORITHMS.md §1.1):
 
     y_i = x_i + PRG(b_i) + Σ_{j ∈ N(i) ∩ U1, j < i} PRG(s_ij) − Σ_{j ∈ N(i) ∩ U1, j > i} PRG(s_ij)  (mod 2**b)
 

@@ -1,6 +1,6 @@
 """The one PRG of fedvault: AES-256-CTR keyed through HKDF with context, for masks and public draws.
 
-Construction (ALGORITHMS.md section 1.2): for every (seed, purpose) the AES key is
+Construction (docs/ALGORITHMS.md §1.2): for every (seed, purpose) the AES key is
 ``derive_key(seed, salt=b"", info=encode_parts(label, info, length, ...))``; the counter block starts
 at zero and the key is never reused for another stream, so the zero IV is safe. The keystream is
 read as little-endian words. Masks keep the low b bits of each 32-bit word: 2**b divides 2**32,

@@ -1,6 +1,6 @@
 """What binds a SecAgg+ round together: signed transcripts, the instance id, derived keys, AAD.
 
-Every derivation follows ALGORITHMS.md §1.2: HKDF-SHA256 with salt = the instance id and an info
+Every derivation follows docs/ALGORITHMS.md §1.2: HKDF-SHA256 with salt = the instance id and an info
 built by ``encode_parts(label, round, ids...)``. Mask seeds are bound to the *unordered* pair (both
 ends derive the same seed), share-encryption keys to the *ordered* (src, dst) pair (one key per
 direction, one message per key). Client and server call these same functions, so their views

@@ -1,6 +1,6 @@
 """The SecAgg+ server state machine: collects wire messages, closes stages, unmasks the sum.
 
-Bonawitz et al., CCS 2017; Bell et al., CCS 2020 (ALGORITHMS.md §1.1-1.6). Usage, per stage::
+Bonawitz et al., CCS 2017; Bell et al., CCS 2020 (docs/ALGORITHMS.md §1.1-1.6). Usage, per stage::
 
     for client_id, request in server.broadcast().items():   # send these bytes
         ...

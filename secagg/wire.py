@@ -222,7 +222,7 @@ class _Header:
 
 @dataclass(frozen=True)
 class AdvertiseKeysRequest(_Header):
-    """Server -> every sampled client: the round's configuration (ALGORITHMS §1.1, stage 1).
+    """Server -> every sampled client: the round's configuration (docs/ALGORITHMS.md §1.1, stage 1).
 
     The header's round index and nonce are the config's; construct with ``for_config``.
     """
@@ -536,7 +536,7 @@ class MaskedInputResponse(_Header):
 @dataclass(frozen=True)
 class UnmaskRequest(_Header):
     """Server -> each survivor: reveal seed shares of ``seed_owners`` and mask-key shares of
-    ``key_owners`` (ALGORITHMS §1.5: disjoint sets; the recipient itself is a seed owner)."""
+    ``key_owners`` (docs/ALGORITHMS.md §1.5: disjoint sets; the recipient itself is a seed owner)."""
 
     recipient: int
     seed_owners: tuple[int, ...]

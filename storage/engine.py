@@ -184,6 +184,20 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int, synchronous: str, *,
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def create_private_database_file(path: Path) -> bool:
+    """Create an empty SQLite file at ``path`` with mode 0600 (O_CREAT|O_EXCL|O_NOFOLLOW) before
+    SQLite opens it, so the database (history records, ledger, enrolled keys) is never created
+    under a permissive umask; SQLite gives its -wal and -shm files the main file's mode. An
+    existing file is left as it is (False). ``path`` is already resolved (``resolve_database_url``
+    follows links on purpose: a database may live on another disk)."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return False
+    os.close(descriptor)
+    return True
+
+
 def open_database(
     url_or_path: str | os.PathLike[str] | None = None,
     *,
@@ -217,6 +231,8 @@ def open_database(
             f"database file {location} does not exist; create it with "
             f"`fedvault db upgrade --db {shlex.quote(location)}`"
         )
+    if is_file and create:
+        create_private_database_file(Path(url.database))
     engine = create_database_engine(url, busy_timeout_ms=busy_timeout_ms, sqlite_synchronous=sqlite_synchronous)
     database = Database(engine, location=location)
     try:

@@ -274,7 +274,7 @@ class ClientEnrolment:
     """What the server stores about a client at enrolment.
 
     ``identity_public_key``: the client's raw Ed25519 public key (32 B). ``history_commitment``:
-    SHA-256 commitment to its history secret (32 B; ALGORITHMS.md 6.4). ``epsilon_budget`` and
+    SHA-256 commitment to its history secret (32 B; docs/ALGORITHMS.md §6.4). ``epsilon_budget`` and
     ``delta``: its privacy budget (ε > 0 at δ in [0, 1)).
     """
 

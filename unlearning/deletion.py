@@ -1,10 +1,19 @@
-"""The deletion flow: remove one client's contribution from a run's model (ALGORITHMS.md §6.4).
+"""The deletion flow: remove one client's contribution from a run's model (docs/ALGORITHMS.md §6.4).
 
 Steps, each persisted by the deletion-request state machine of ``storage`` (requested → opened →
-unlearned → shredded), so running :func:`unlearn_client` again after a crash at any point resumes
-where it stopped and reaches the same model bits (the correction is deterministic; healing and
-retraining train again, with fresh round seeds, when they are resumed before their model was
-stored):
+unlearned → shredded, or failed with a reason). Every request ends (docs/UNLEARNING.md, "The life
+of a deletion request"):
+
+- an **error** (any exception) while the request is ``requested`` or ``opened`` moves it to
+  ``failed`` with the error as its reason and is raised: nothing was applied (the new model
+  version is stored atomically with ``unlearned``), and a new request may follow;
+- an error once it is ``unlearned`` leaves it there: the model without the client is stored,
+  shredding needs no training and no secret, and running :func:`unlearn_client` again finishes it;
+- a **crash** (the process killed, ``KeyboardInterrupt``) leaves the request where it stopped;
+  running :func:`unlearn_client` again resumes it and reaches the same model bits (the correction
+  is deterministic; healing and retraining train again, with fresh round seeds, when they are
+  resumed before their model was stored), and :func:`cancel_deletion_request` fails a request
+  still ``requested`` or ``opened`` that is not to be resumed.
 
 1. **authenticate** the signed request against the client's enrolled key, its freshness, and the
    released secret against the stored commitment (``unlearning.requests``); a refused request
@@ -15,17 +24,21 @@ stored):
    request becoming ``unlearned``:
    - ``medu``: stream the client's sealed records from storage in round order, open them
      (``records.open_history``: one reconstruction at a time), join them with every stored
-     round's public survivor weights p_k and walk the Fast-FedUL/MEDU correction
-     (``rules.fast_fedul_correction``) — O(model size) memory however long the run; then,
-     optionally, heal with a few rounds of the remaining clients (FedEraser-style);
+     round's public survivor weights p_k and aggregate, and walk the correction — by default the
+     calibrated trajectory correction (``correction.calibrated_correction``: renormalized
+     subtraction plus the remaining clients' response estimated from the stored aggregates), or
+     Fast-FedUL's fixed-shrink rule (``rules.fast_fedul_correction``, ``rule="fast-fedul"``) —
+     O(window × model size) memory however long the run; then, optionally, heal with a few
+     rounds of the remaining clients (FedEraser-style);
    - ``retrain``: the exact oracle, retraining without the client;
 5. **shred** the client's records, mark it deleted (later rounds refuse it) and close the request,
    in one transaction;
 6. **audit**: append ``unlearning.completed`` (once per request).
 
 The released secret lives only in memory for the call: it is never stored, logged or audited.
-Training (healing, retraining) is delegated to a :class:`RemainingClientsTrainer` (the real
-coordinator: ``unlearning.retrain.CoordinatorTrainer``), so this module needs only storage.
+Training (healing, retraining) is delegated to a :class:`RemainingClientsTrainer` that the caller
+passes in (the real coordinator: ``federation.retraining.CoordinatorTrainer``, built by the CLI),
+so this module needs only storage and never imports ``federation``.
 """
 
 from __future__ import annotations
@@ -38,47 +51,47 @@ from typing import Protocol
 
 import numpy as np
 
-from storage.entities import CheckpointWrite, DeletionRequestInfo, RoundInfo
+from storage.entities import AggregateRead, CheckpointWrite, DeletionRequestInfo, RoundInfo
 from storage.errors import ClientNotFoundError
 from storage.repositories import Repository
-from unlearning.deletion_errors import (
-    ClientNotActiveError,
-    DeletionRequestError,
-    IncompleteHistoryError,
-    RetrainError,
-)
-from unlearning.errors import (
-    BrokenChainError,
-    HistorySecretError,
-    MalformedRecordError,
-    RecordAuthenticationError,
-    RecordBoundError,
-    UnlearningConfigurationError,
-    UnlearningError,
-    UnlearningInputError,
-)
+from unlearning.correction import ObservedRound, calibrated_correction
+from unlearning.deletion_errors import ClientNotActiveError, DeletionRequestError, IncompleteHistoryError
+from unlearning.errors import UnlearningConfigurationError, UnlearningError, UnlearningInputError
 from unlearning.history_policy import HistoryPolicy
 from unlearning.records import RecordConfig, open_history
 from unlearning.requests import DEFAULT_MAX_AGE_SECONDS, DeletionRequest, authenticate_deletion_request
-from unlearning.rules import DEFAULT_ALPHA, DEFAULT_THETA, RoundWeights, fast_fedul_correction, join_round_history
+from unlearning.rules import (
+    DEFAULT_ALPHA,
+    DEFAULT_THETA,
+    RoundHistory,
+    RoundWeights,
+    fast_fedul_correction,
+    join_round_history,
+)
 from unlearning.run_records import run_record_config
 
 METHODS = ("medu", "retrain")
+#: The correction of method "medu": "calibrated" (``unlearning.correction``), "fast-fedul" (the
+#: fixed-shrink rule of ``unlearning.rules``, with ``alpha`` and ``theta``) or "auto" (the default:
+#: calibrated unless the run's aggregates carry DP noise, see :func:`correction_rule_for`).
+RULES = ("auto", "calibrated", "fast-fedul")
 COMPLETED_EVENT = "unlearning.completed"
-#: Errors after which the request cannot succeed as made: it moves to ``failed`` (a new
-#: request, e.g. with ``method="retrain"`` or without healing, may follow). Anything else (a
-#: crash, a locked database) leaves it where it was, to be resumed.
-_PERMANENT_ERRORS = (IncompleteHistoryError, BrokenChainError, RecordAuthenticationError, RecordBoundError,
-                     MalformedRecordError, HistorySecretError, RetrainError)
+#: The states a request can be failed from without undoing anything: before ``unlearned`` no
+#: model version of it exists.
+_FAILABLE_STATES = ("requested", "opened")
+CANCELLED_PREFIX = "cancelled"
 
 
 @dataclass(frozen=True)
 class UnlearningSettings:
     """How to unlearn. method: "medu" (records + correction) or "retrain" (exact oracle).
-    alpha, theta: Fast-FedUL's contraction and scale. heal_rounds: rounds of the remaining
-    clients after the correction (medu only). max_age_seconds: request freshness window."""
+    rule: medu's correction, "auto", "calibrated" or "fast-fedul" (see :data:`RULES`).
+    alpha, theta: Fast-FedUL's contraction and scale (rule "fast-fedul" only). heal_rounds: rounds
+    of the remaining clients after the correction (medu only). max_age_seconds: request freshness
+    window."""
 
     method: str = "medu"
+    rule: str = "auto"
     alpha: float = DEFAULT_ALPHA
     theta: float = DEFAULT_THETA
     heal_rounds: int = 0
@@ -87,6 +100,8 @@ class UnlearningSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UnlearningConfigurationError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.rule not in RULES:
+            raise UnlearningConfigurationError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
         for name in ("alpha", "theta", "max_age_seconds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -102,7 +117,7 @@ class UnlearningSettings:
 
     def as_details(self) -> dict:
         """What the request stores (a resumed request must use the same settings)."""
-        return {"method": self.method, "alpha": float(self.alpha), "theta": float(self.theta),
+        return {"method": self.method, "rule": self.rule, "alpha": float(self.alpha), "theta": float(self.theta),
                 "heal_rounds": self.heal_rounds}
 
 
@@ -132,14 +147,16 @@ class RetrainedModel:
 
 @dataclass(frozen=True)
 class MeduCorrection:
-    """The correction's result: ``parameters`` (d,) float32 = w_T + θU at round ``round_index``;
-    ``records_opened`` records walked over ``rounds_walked`` stored rounds; ``correction_norm`` ‖θU‖."""
+    """The correction's result: ``parameters`` (d,) float32 = w_T + correction at round ``round_index``;
+    ``records_opened`` records walked over ``rounds_walked`` stored rounds; ``correction_norm`` its
+    norm; ``rule`` the rule applied ("calibrated" or "fast-fedul", "auto" resolved)."""
 
     parameters: np.ndarray
     round_index: int
     records_opened: int
     rounds_walked: int
     correction_norm: float
+    rule: str = "calibrated"
 
 
 @dataclass(frozen=True)
@@ -228,12 +245,51 @@ def round_weights(run_config: dict, rounds: list[RoundInfo], removed: Collection
         yield RoundWeights(info.round_index, weights, probability)
 
 
-def medu_correction(repository: Repository, run_id: int, client_id: int, history_secret: bytes, *,
-                    alpha: float = DEFAULT_ALPHA, theta: float = DEFAULT_THETA) -> MeduCorrection:
-    """Open the client's records and apply the Fast-FedUL/MEDU correction to the current model.
+def observed_rounds(history: Iterator[RoundHistory], aggregates: Iterator[AggregateRead]) -> Iterator[ObservedRound]:
+    """Pair each round's history with its stored aggregate (``mean_update``), both in round order.
 
-    Streams: rounds' metadata (no vectors) and the client's records one at a time from storage,
-    decoded one at a time, folded into one O(d) accumulator. Raises HistorySecretError before
+    Rounds without an aggregate (aborted: nothing entered the model) are skipped; one that holds a
+    target's record but no aggregate is refused (the record would be of a round that did not count).
+    The whole history is consumed, so its own consistency checks run to the end.
+    """
+    pending = next(aggregates, None)
+    for round_history in history:
+        while pending is not None and pending.round_index < round_history.round_index:
+            pending = next(aggregates, None)
+        if pending is not None and pending.round_index == round_history.round_index:
+            yield ObservedRound(round_history, np.asarray(pending.values, dtype=np.float64))
+        elif round_history.target_updates:
+            raise UnlearningError(f"round {round_history.round_index} holds a record but no stored aggregate")
+
+
+def correction_rule_for(rule: str, rounds: list[RoundInfo]) -> str:
+    """The rule ``rule`` resolves to on a run with these stored rounds.
+
+    "auto" is "calibrated" when no completed round added DP noise to its aggregate (round
+    parameter ``noise`` = "none"), else "fast-fedul": the calibrated rule estimates the remaining
+    clients' response from differences of consecutive aggregates, and DP noise in them (of the
+    order of the aggregates themselves or larger) leaves that estimate blind to the directions
+    the correction moves in, so the correction would not decay at all; measured on DP runs, the
+    fixed shrink tracks retraining better there (docs/UNLEARNING.md, "The correction").
+    """
+    if rule not in RULES:
+        raise UnlearningConfigurationError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    if rule != "auto":
+        return rule
+    noisy = any(info.parameters.get("noise", "none") != "none" for info in rounds if info.status == "completed")
+    return "fast-fedul" if noisy else "calibrated"
+
+
+def medu_correction(repository: Repository, run_id: int, client_id: int, history_secret: bytes, *,
+                    rule: str = "auto", alpha: float = DEFAULT_ALPHA,
+                    theta: float = DEFAULT_THETA) -> MeduCorrection:
+    """Open the client's records and apply the correction ``rule`` (:data:`RULES`) to the current model.
+
+    Streams: rounds' metadata, the stored aggregates and the client's records one at a time from
+    storage, decoded one at a time, folded into O(d) accumulators (the calibrated rule also keeps
+    its window of secant pairs, ``correction.DEFAULT_WINDOW`` × 2 vectors). With earlier deleted
+    clients the stored aggregates still hold their updates while the current model does not: the
+    calibrated rule's remaining-clients estimate is then approximate. Raises HistorySecretError before
     anything is decrypted if the secret is wrong, and IncompleteHistoryError unless the opened
     records are exactly the rounds the client's update entered (then nothing is written).
     """
@@ -241,6 +297,7 @@ def medu_correction(repository: Repository, run_id: int, client_id: int, history
     client = repository.get_client(run_id, client_id)
     rounds = repository.list_rounds(run_id)
     model, last_round = current_model(repository, run_id)
+    rule = correction_rule_for(rule, rounds)
     expected = expected_record_rounds(run.config, rounds, client_id)
     config = record_config_for_run(run.config, rounds)
     opened_rounds: list[int] = []
@@ -259,15 +316,22 @@ def medu_correction(repository: Repository, run_id: int, client_id: int, history
             raise UnlearningError(f"records cover {config.dimension} parameters, the model has {model.shape[0]}")
         removed = {c.client_id for c in repository.list_clients(run_id, status="deleted")} - {client_id}
         history = join_round_history(round_weights(run.config, rounds, removed), {client_id: decoded()})
-        correction = fast_fedul_correction(history, {client_id}, model.shape[0], alpha=alpha, theta=theta,
-                                           server_learning_rate=float(run.config.get("server_learning_rate", 1.0)))
+        learning_rate = float(run.config.get("server_learning_rate", 1.0))
+        if rule == "calibrated":
+            observed = observed_rounds(history, repository.iter_aggregates(run_id, "mean_update"))
+            correction = calibrated_correction(observed, {client_id}, model.shape[0],
+                                               server_learning_rate=learning_rate)
+        else:
+            correction = fast_fedul_correction(history, {client_id}, model.shape[0], alpha=alpha, theta=theta,
+                                               server_learning_rate=learning_rate)
     if opened_rounds != expected:
         missing = sorted(set(expected) - set(opened_rounds))
         raise IncompleteHistoryError(
             f"client {client_id}'s update entered rounds without a stored record ({_rounds_text(missing)}); "
             "the correction cannot remove it: use method 'retrain'")
     parameters = (model.astype(np.float64) + correction).astype(np.float32)
-    return MeduCorrection(parameters, last_round, len(opened_rounds), len(rounds), float(np.linalg.norm(correction)))
+    return MeduCorrection(parameters, last_round, len(opened_rounds), len(rounds), float(np.linalg.norm(correction)),
+                          rule)
 
 
 def _rounds_text(rounds: list[int]) -> str:
@@ -295,8 +359,9 @@ def _begin(repository: Repository, request: DeletionRequest, settings: Unlearnin
     stored = {key: info.details.get(key) for key in settings.as_details()}
     if stored != settings.as_details():
         raise DeletionRequestError(
-            f"deletion request {info.id} is in progress with settings {stored}; resume it with the same "
-            "settings (it is idempotent)")
+            f"deletion request {info.id} is in progress ({info.state}) with settings {stored}; resume it with the "
+            f"same settings (it is idempotent), or cancel it (fedvault unlearn --run {info.run_id} "
+            f"--client {info.client_id} --cancel) and ask again")
     return info
 
 
@@ -311,11 +376,11 @@ def _unlearn(repository: Repository, info: DeletionRequestInfo, history_secret: 
     removed = sorted({c.client_id for c in repository.list_clients(run_id, status="deleted")} | {client_id})
     details: dict = {"request_id": info.id, "client_id": client_id, **settings.as_details()}
     if settings.method == "medu":
-        result = medu_correction(repository, run_id, client_id, history_secret, alpha=settings.alpha,
-                                 theta=settings.theta)
+        result = medu_correction(repository, run_id, client_id, history_secret, rule=settings.rule,
+                                 alpha=settings.alpha, theta=settings.theta)
         parameters, round_index = result.parameters, result.round_index
         details.update(records_opened=result.records_opened, rounds_walked=result.rounds_walked,
-                       correction_norm=result.correction_norm)
+                       correction_norm=result.correction_norm, rule_applied=result.rule)
         if settings.heal_rounds:
             parameters = trainer.heal(repository, run_id, parameters, settings.heal_rounds, removed)
     else:
@@ -345,7 +410,8 @@ def _record_completion(repository: Repository, info: DeletionRequestInfo) -> dic
                "round_index": checkpoint.round_index, "checkpoint_sha256": checkpoint.sha256,
                "records_shredded": int(info.details.get("records", 0)),
                **{key: checkpoint.details.get(key) for key in
-                  ("method", "alpha", "theta", "heal_rounds", "records_opened", "rounds_walked", "seconds")}}
+                  ("method", "rule", "rule_applied", "alpha", "theta", "heal_rounds", "records_opened",
+                   "rounds_walked", "seconds")}}
     done = [entry for entry in repository.audit_entries(info.run_id, event=COMPLETED_EVENT)
             if entry.payload.get("request_id") == info.id]
     if not done:
@@ -361,9 +427,9 @@ def unlearn_client(repository: Repository, request: DeletionRequest, *,
     trainer: required for ``method="retrain"`` and for healing rounds. now: the server clock for
     the freshness check (Unix seconds; default now).
     Raises (with nothing changed): RequestSignatureError, StaleRequestError, HistorySecretError,
-    ClientNotActiveError, DeletionRequestError. After the request exists, an error that can never
-    pass (IncompleteHistoryError, a record that fails to authenticate or decode) moves it to
-    ``failed`` and is raised; any other error leaves it to be resumed by calling again.
+    ClientNotActiveError, DeletionRequestError. After the request exists, any error before its
+    model is stored moves it to ``failed`` (reason: the error) and is raised, with nothing applied;
+    an error after that leaves it ``unlearned``, finished by calling again (module docstring).
     """
     if not isinstance(repository, Repository):
         raise UnlearningInputError(f"repository must be a storage Repository, got {type(repository).__name__}")
@@ -372,7 +438,7 @@ def unlearn_client(repository: Repository, request: DeletionRequest, *,
     if trainer is None and (settings.method == "retrain" or settings.heal_rounds):
         raise UnlearningConfigurationError(
             "retraining and healing rounds train the remaining clients: pass trainer= "
-            "(unlearning.retrain.CoordinatorTrainer)")
+            "(federation.retraining.CoordinatorTrainer)")
     started = time.perf_counter()
     _authenticate(repository, request, settings, now)
     run_id, client_id = request.run_id, request.client_id
@@ -386,13 +452,48 @@ def unlearn_client(repository: Repository, request: DeletionRequest, *,
             info = _open(repository, info)
         if info.state == "opened":
             info = _unlearn(repository, info, request.history_secret, settings, trainer)
-    except _PERMANENT_ERRORS as error:
-        repository.transition_deletion_request(info.id, "failed", reason=f"{type(error).__name__}: {error}")
+    except Exception as error:  # fail closed: whatever went wrong, the request ends here
+        _fail(repository, info.id, f"{type(error).__name__}: {error}", error)
         raise
     if info.state == "unlearned":
         info = _shred(repository, info)
     payload = _record_completion(repository, info)
     return _outcome(info, payload, started, resumed=resumed, already_done=False)
+
+
+def _fail(repository: Repository, request_id: int, reason: str, error: Exception) -> None:
+    """Move the request to ``failed`` unless its model is already stored (then it stays
+    ``unlearned``, to be finished). If even that write fails, the request stays where it was
+    (resumable or cancellable) and the note on ``error`` says why."""
+    try:
+        current = repository.get_deletion_request(request_id)
+        if current.state in _FAILABLE_STATES:
+            repository.transition_deletion_request(request_id, "failed", reason=reason)
+    except Exception as storing:  # noqa: BLE001 - reported with the original error, which is raised
+        error.add_note(f"deletion request {request_id} could not be marked failed ({type(storing).__name__}: "
+                       f"{storing}); resume it with the same command or cancel it with --cancel")
+
+
+def cancel_deletion_request(repository: Repository, run_id: int, client_id: int, *,
+                            reason: str = "by the operator") -> DeletionRequestInfo:
+    """End the client's open request that is not to be resumed: ``requested`` or ``opened`` →
+    ``failed`` with reason ``"cancelled: <reason>"`` (audited as ``deletion.failed``). Nothing was
+    applied in those states, so nothing needs undoing; the client stays active and may ask again.
+
+    Raises DeletionRequestError when the client has no open request, or when it is ``unlearned``
+    (its model without the client is stored: it cannot be taken back, only finished by resuming).
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise UnlearningInputError("a cancellation needs a non-empty reason")
+    info = repository.open_deletion_request(run_id, client_id)
+    if info is None:
+        raise DeletionRequestError(f"client {client_id} of run {run_id} has no open deletion request to cancel")
+    if info.state not in _FAILABLE_STATES:
+        raise DeletionRequestError(
+            f"deletion request {info.id} is {info.state}: model version {info.details.get('model_version')} without "
+            "the client is stored and cannot be taken back; finish it by running the same unlearn command again "
+            "(shredding needs no training)")
+    return repository.transition_deletion_request(info.id, "failed", reason=f"{CANCELLED_PREFIX}: {reason.strip()}")
 
 
 def _finished(repository: Repository, run_id: int, client_id: int, started: float) -> DeletionOutcome:

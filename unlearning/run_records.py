@@ -5,7 +5,7 @@ seal, the server to open after a deletion request). Both derive it here from pub
 the run's history settings and clip norm, and the round plan's codec (lattice, step, model size)
 and integer noise, which the server also keeps with every round.
 
-What a record holds (ALGORITHMS.md §6.4) is exactly the client's term in the secure sum, decoded
+What a record holds (docs/ALGORITHMS.md §6.4) is exactly the client's term in the secure sum, decoded
 to update units:
 
 - ``noise = "none"`` or ``"distributed"``: the decoded lattice point of its clipped update, *without*
@@ -53,7 +53,7 @@ def release_norm_slack(*, clip_norm: float, dimension: int, codec_lattice: str, 
                        local_noise_std: float) -> float:
     """How far above the clip norm C a recorded contribution may honestly decode, before coding.
 
-    The client's decoded term is x + s·e + s·nG (ALGORITHMS.md §2): x the clipped update, s the
+    The client's decoded term is x + s·e + s·nG (docs/ALGORITHMS.md §2): x the clipped update, s the
     step, e the dither-subtracted rounding error (each n-block within the covering radius ρ), n
     the local noise on the m integer coordinates and G the lattice generator; the rotation is
     orthonormal, so ‖x̂‖ <= C + s·(ρ·√blocks + σ_max(G)·σ·(√m + t)) with t standard deviations of

@@ -1,6 +1,6 @@
 """History secrets: the client-held key material that seals its history records.
 
-ALGORITHMS.md §6.4. At enrolment a client draws a 32-byte history secret H_i from the OS CSPRNG
+docs/ALGORITHMS.md §6.4. At enrolment a client draws a 32-byte history secret H_i from the OS CSPRNG
 and keeps it; the server stores only the commitment
 
     SHA-256(encode_parts("fedvault/history-commitment", run_id, client_id, H_i)),
@@ -10,6 +10,17 @@ and lattice-dither seed are derived from H_i with HKDF-SHA256, salted with a run
 bound by ``info`` to (run, round, client, format version); they are independent of every SecAgg
 key. A deletion request releases H_i; the server checks it against the commitment in constant
 time before opening anything. Destroying H_i (and the commitment) crypto-shreds every record.
+
+One secret per run. H_i is never a client's long-lived secret: the client derives it per run,
+
+    H_i(run) = HKDF-SHA256(M_i, salt = N_i(run), info = encode_parts("fedvault/run-history-secret",
+                                                                      run_id, client_id)),
+
+from the master secret M_i in its key file and a fresh 32-byte nonce N_i(run) (OS CSPRNG) kept in
+a per-run file beside it (``federation.run_secrets``). A deletion in run A releases H_i(A) only;
+HKDF's output for run B is independent of it (B has its own nonce and info), so the server learns
+nothing of the client's records in any other run. After the server confirms shredding, the client
+overwrites and removes N_i(A): without it H_i(A) cannot be derived again, even from M_i.
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ COMMITMENT_BYTES = 32
 RECORD_FORMAT_VERSION = 1
 
 _COMMITMENT_LABEL = "fedvault/history-commitment"
+_RUN_SECRET_LABEL = "fedvault/run-history-secret"
+RUN_NONCE_BYTES = 32
 _SALT_LABEL = "fedvault/history-salt"
 _RECORD_KEY_LABEL = "fedvault/history-record"
 _DITHER_LABEL = "fedvault/history-dither"
@@ -65,6 +78,16 @@ def _check_index(value: object, name: str) -> int:
 def generate_history_secret() -> bytes:
     """A fresh 32-byte history secret from the OS CSPRNG (``os.urandom``)."""
     return os.urandom(HISTORY_SECRET_BYTES)
+
+
+def derive_run_history_secret(master_secret: bytes, run_nonce: bytes, run_id: RunId, client_id: int) -> bytes:
+    """H_i(run): the history secret of one run, derived from the client's master secret and the
+    run's own nonce (module doc). Releasing it reveals nothing about another run's secret."""
+    master = _check_secret(master_secret)
+    if not isinstance(run_nonce, _BYTES_LIKE) or len(run_nonce) != RUN_NONCE_BYTES:
+        raise UnlearningInputError(f"a run nonce must be {RUN_NONCE_BYTES} bytes")
+    context = encode_parts(_RUN_SECRET_LABEL, _check_run_id(run_id), _check_index(client_id, "client_id"))
+    return derive_key(master, salt=bytes(run_nonce), info=context, length=HISTORY_SECRET_BYTES)
 
 
 def history_commitment(run_id: RunId, client_id: int, history_secret: bytes) -> bytes:

@@ -1,5 +1,5 @@
 """Evidence that a client's contribution is gone: metrics comparing an unlearned model with the
-retrained oracle (ALGORITHMS.md §6.6).
+retrained oracle (docs/ALGORITHMS.md §6.6).
 
 Models are ``torch.nn.Module`` classifiers returning logits (N, classes); data are float feature
 tensors (N, ...) with int64 labels (N,). Everything runs in eval mode under ``torch.no_grad`` and

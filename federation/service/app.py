@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from federation.authority import fingerprint
 from federation.errors import FederationError
 from federation.service import schemas
 from federation.service.auth import (
@@ -43,6 +44,7 @@ from federation.service.auth import (
 )
 from federation.service.errors import BadRequestError, ForbiddenError, NotFoundError, ServiceError
 from federation.service.rounds import ClientReport, RoundManager
+from federation.service.published_directory import PublishedDirectory, parse_signed_directory
 from federation.service.state import ServerSecrets
 from secagg.errors import SecAggError
 from federation.service.routes import RECORD_PATH, RECORD_SEGMENT, STAGE_PATHS
@@ -51,6 +53,7 @@ from storage import errors as storage_errors
 log = logging.getLogger("fedvault.service")
 
 DEFAULT_JSON_LIMIT = 64 * 1024
+DIRECTORY_BYTES_PER_CLIENT = 160  # one "id": "64 hex" entry of a signed directory, with room to spare
 MAX_LONG_POLL_SECONDS = 30.0
 DEFAULT_TICK_SECONDS = 0.05
 _ROUND_INDEX = Path(ge=0, le=schemas.MAX_ROUND_INDEX)
@@ -227,7 +230,12 @@ def create_app(manager: RoundManager, *, server_secrets: ServerSecrets,
     message_limit = manager.max_message_bytes()
     binary_suffixes = tuple("/" + segment for segment in (*STAGE_PATHS.values(), RECORD_SEGMENT))
 
+    published = PublishedDirectory(manager.state, run_id)
+    directory_limit = max(json_limit, DIRECTORY_BYTES_PER_CLIENT * manager.config.clients + 4096)
+
     def limit_for(path: str) -> int:
+        if path == "/v1/operator/directory":
+            return directory_limit
         return message_limit if path.startswith("/v1/rounds/") and path.endswith(binary_suffixes) else json_limit
 
     @asynccontextmanager
@@ -334,6 +342,7 @@ def create_app(manager: RoundManager, *, server_secrets: ServerSecrets,
             method=request.method, target=_target(request), headers=request.headers, body=await request.body(),
             public_key_of=lambda claimed: public_key if claimed == body.client_id else None)
         own(signer, body.client_id)
+        published.check_enrolment(body.client_id, public_key)  # once published, only the keys it lists
         created = await run_in_threadpool(manager.enrol, body.client_id, public_key,
                                           bytes.fromhex(body.history_commitment))
         result = schemas.EnrolResponse(run_id=run_id, client_id=body.client_id,
@@ -369,7 +378,9 @@ def create_app(manager: RoundManager, *, server_secrets: ServerSecrets,
     @app.get("/v1/directory", response_model=schemas.DirectoryResponse, tags=["client"])
     async def directory(authenticated: int = Depends(signed_client)):
         keys = manager.directory()
-        return schemas.DirectoryResponse(identity_keys={str(c): k.hex() for c, k in sorted(keys.items())})
+        signed = published.current
+        return schemas.DirectoryResponse(identity_keys={str(c): k.hex() for c, k in sorted(keys.items())},
+                                         signed_directory=None if signed is None else signed.to_json())
 
     @app.post("/v1/rounds/{round_index}/report", response_model=schemas.AcceptedResponse, tags=["client"])
     async def report(body: schemas.TrainReportRequest, round_index: int = _ROUND_INDEX,
@@ -519,6 +530,18 @@ def create_app(manager: RoundManager, *, server_secrets: ServerSecrets,
                 ledger_ok=ledger.ok, ledger_entries_checked=ledger.entries_checked,
                 ledger_first_bad=None if ledger.first_bad is None else str(ledger.first_bad))
         return await run_in_threadpool(verify)
+
+    @app.post("/v1/operator/directory", response_model=schemas.PublishDirectoryResponse, tags=["operator"],
+              dependencies=[Depends(operator)],
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "type": "object", "description": "A directory signed by `fedvault authority sign-directory`."}}}}})
+    async def operator_directory(request: Request):
+        signed = parse_signed_directory(await request.body())
+        changed = await run_in_threadpool(published.publish, signed, manager.directory())
+        return schemas.PublishDirectoryResponse(
+            run_id=run_id, version=signed.directory.version, clients=len(signed.directory.identity_keys),
+            authority_fingerprint=fingerprint(signed.authority_public_key),
+            status="published" if changed else "unchanged")
 
     @app.post("/v1/operator/enrolment-tokens", response_model=schemas.TokenResponse, tags=["operator"],
               dependencies=[Depends(operator)])

@@ -57,6 +57,9 @@ SIGNATURE_BYTES = 64
 MAX_CLIENT_ID = 2**32 - 1
 DEFAULT_MAX_SKEW_SECONDS = 120
 DEFAULT_REPLAY_CAPACITY = 1_000_000
+#: Most nonces one client may hold in the replay window (≈ 17 requests/s sustained over the
+#: default 241 s window; a well-behaved client makes well under one per second).
+DEFAULT_PER_CLIENT_REPLAY_QUOTA = 4096
 ENROLMENT_KEY_BYTES = 32
 
 _REQUEST_LABEL = "fedvault/http-request/v1"
@@ -148,27 +151,37 @@ class ReplayGuard:
 
     A (client, nonce) pair is remembered until its timestamp leaves the window, after which the
     timestamp check alone rejects it; memory is bounded by ``capacity`` pairs (beyond it, new
-    requests get 429 until old pairs expire).
+    requests get 429 until old pairs expire). Each client may hold at most ``per_client_quota``
+    of them: a client past its quota gets 429 while every other client is served, so one
+    enrolled client (compromised, or buggy) flooding signed requests cannot fill the shared
+    cache and get the others refused. The global capacity stays as a memory bound; it is only
+    reachable when capacity / per_client_quota clients flood at once.
 
     Args:
         max_skew_seconds: accepted |server time − request timestamp|, seconds.
         not_before: earliest accepted timestamp (the server's start time, seconds).
         capacity: most remembered nonces.
+        per_client_quota: most remembered nonces of one client.
         clock: current Unix time in seconds (injectable for tests).
     """
 
     def __init__(self, *, max_skew_seconds: int = DEFAULT_MAX_SKEW_SECONDS, not_before: int | None = None,
-                 capacity: int = DEFAULT_REPLAY_CAPACITY, clock: Callable[[], float] = time.time) -> None:
+                 capacity: int = DEFAULT_REPLAY_CAPACITY, per_client_quota: int = DEFAULT_PER_CLIENT_REPLAY_QUOTA,
+                 clock: Callable[[], float] = time.time) -> None:
         if isinstance(max_skew_seconds, bool) or not isinstance(max_skew_seconds, int) or max_skew_seconds < 1:
             raise ValueError(f"max_skew_seconds must be an int >= 1, got {max_skew_seconds!r}")
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
+        if isinstance(per_client_quota, bool) or not isinstance(per_client_quota, int) or per_client_quota < 1:
+            raise ValueError(f"per_client_quota must be an int >= 1, got {per_client_quota!r}")
         self.max_skew_seconds = max_skew_seconds
         self.not_before = int(clock()) if not_before is None else int(not_before)
         self.capacity = capacity
+        self.per_client_quota = per_client_quota
         self._clock = clock
         self._lock = threading.Lock()
         self._seen: dict[tuple[int, bytes], int] = {}
+        self._held: dict[int, int] = {}  # client -> nonces it holds in the cache
         self._expiry: list[tuple[int, int, bytes]] = []  # heap of (expires_at, client, nonce)
 
     def check_timestamp(self, timestamp: int) -> None:
@@ -191,16 +204,27 @@ class ReplayGuard:
             if key in self._seen:
                 raise ReplayedRequestError(
                     f"nonce {nonce.hex()} of client {client_id} was already used: replayed request refused")
+            held = self._held.get(client_id, 0)
+            if held >= self.per_client_quota:
+                raise TooManyRequestsError(
+                    f"client {client_id} sent more than {self.per_client_quota} requests in the replay window; "
+                    "slow down and retry in a few seconds")
             if len(self._seen) >= self.capacity:
                 raise TooManyRequestsError("too many requests in the replay window; retry in a few seconds")
             expires = timestamp + self.max_skew_seconds + 1
             self._seen[key] = expires
+            self._held[client_id] = held + 1
             heapq.heappush(self._expiry, (expires, client_id, key[1]))
 
     def _expire(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] < now:
             _, client_id, nonce = heapq.heappop(self._expiry)
-            self._seen.pop((client_id, nonce), None)
+            if self._seen.pop((client_id, nonce), None) is not None:
+                left = self._held[client_id] - 1
+                if left:
+                    self._held[client_id] = left
+                else:
+                    del self._held[client_id]
 
     def __len__(self) -> int:
         with self._lock:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tempfile
 import threading
 import zlib
 from collections.abc import Mapping
@@ -65,8 +66,8 @@ class RoundJournal:
     def start(self, record: JournalRecord) -> None:
         """Begin a new round's journal (replacing any previous one) with its first record."""
         self.close()
-        temporary = self.path.with_name(self.path.name + ".new")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # A fresh mkstemp name (O_EXCL|O_NOFOLLOW, 0600): nothing planted at a fixed path is written through.
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".new", dir=self.path.parent)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(MAGIC + _encode(record))
             handle.flush()

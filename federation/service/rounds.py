@@ -642,7 +642,9 @@ class RoundManager:
             except Exception as error:  # noqa: BLE001 - reported to the waiting request, never lost
                 log.exception("deletion of client %d failed", ticket.request.client_id)
                 ticket.error = UnavailableError(f"deletion of client {ticket.request.client_id} could not run "
-                                                f"now ({type(error).__name__}); send it again (it resumes)")
+                                                f"now ({type(error).__name__}); send it again (a request "
+                                                "failed by the error is replaced, one whose model is stored "
+                                                "is finished)")
             finally:
                 ticket.done.set()
         if changed:

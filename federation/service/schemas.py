@@ -95,6 +95,17 @@ class TaskResponse(_Response):
 
 class DirectoryResponse(_Response):
     identity_keys: dict[str, str] = Field(description="client id -> enrolled Ed25519 public key (hex).")
+    signed_directory: dict[str, Any] | None = Field(
+        default=None, description="The run's directory as the enrolment authority signed it (what clients use; "
+                                  "null until the operator publishes one).")
+
+
+class PublishDirectoryResponse(_Response):
+    run_id: int
+    version: int
+    clients: int
+    authority_fingerprint: str
+    status: str = Field(description="'published', or 'unchanged' for a repeat of the stored directory.")
 
 
 class TrainReportRequest(_Request):

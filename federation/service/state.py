@@ -4,6 +4,8 @@ Layout (the directory and every file in it are private to the server's user, 070
 
     server.json           {"version": 1, "run_id": R, "operator_token": ..., "enrolment_key": hex}
     round-journal.bin     the open round (``federation.service.journal``), absent between rounds
+    directory.json        the run's directory as the enrolment authority signed it (published by the
+                          operator, ``federation.authority``); the server only stores and serves it
 
 The operator token may instead come from the environment (``FEDVAULT_OPERATOR_TOKEN``); then it is
 never written to disk. Secrets come from the OS CSPRNG (``secrets``).
@@ -116,6 +118,26 @@ class StateDirectory:
         if len(key) != ENROLMENT_KEY_BYTES:
             raise StateDirectoryError(f"{self._server_file}: enrolment_key must be {ENROLMENT_KEY_BYTES} bytes of hex")
         return ServerSecrets(operator_token=token, enrolment_key=key)
+
+    @property
+    def directory_path(self) -> Path:
+        return self.path / "directory.json"
+
+    def signed_directory(self):
+        """The published ``SignedDirectory``, or None before the operator published one."""
+        from federation.authority import AuthorityError, SignedDirectory
+
+        try:
+            raw = self.directory_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return SignedDirectory.from_bytes(raw)
+        except AuthorityError as error:
+            raise StateDirectoryError(f"{self.directory_path}: {error}") from None
+
+    def save_signed_directory(self, signed) -> None:
+        write_private_file(self.directory_path, signed.to_bytes())
 
     @property
     def operator_token_location(self) -> str:

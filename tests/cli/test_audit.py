@@ -332,7 +332,7 @@ def test_default_run_is_the_newest_and_prv_matches_a_fresh_prv_accountant(ledger
         prv = accounting.recompute_epsilon(client_events, DELTA, accountant="prv")
         rdp = accounting.recompute_epsilon(client_events, DELTA, accountant="rdp")
         assert client["epsilon"] == pytest.approx(prv, rel=1e-9)
-        assert client["epsilon"] < rdp  # PRV is tighter than RDP (ALGORITHMS.md 3.6)
+        assert client["epsilon"] < rdp  # PRV is tighter than RDP (docs/ALGORITHMS.md §3.6)
     text = _invoke("--db", path, "--accountant", "prv").output
     skellam = _invoke("--db", path, "--run", "1", "--accountant", "prv")
     assert skellam.exit_code == 2 and skellam.stdout == ""

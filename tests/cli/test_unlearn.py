@@ -2,12 +2,14 @@
 files, with and without verification against retraining."""
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from cli.main import fedvault
-from federation.keystore import ClientKeys, load_keys, save_keys
+from federation.keystore import ClientKeys, load_keys, run_state_tag, save_keys
+from federation.run_secrets import run_secret_path, stored_run_history_secret
 from storage.repositories import Repository
 
 pytestmark = pytest.mark.slow
@@ -95,6 +97,9 @@ def test_a_request_signed_with_another_clients_identity_is_refused(trained, tmp_
     thief = load_keys(keys / "client-0.key")
     forged = tmp_path / "client-3.key"
     save_keys(forged, ClientKeys(3, thief.identity, thief.history_secret))
+    with Repository.open(str(db)) as repository:  # and client 0's history secret of this run
+        tag = run_state_tag(run_id, repository.get_run(run_id).created_at)
+    shutil.copy(run_secret_path(keys / "client-0.key", tag), run_secret_path(forged, tag))
     with Repository.open(str(db)) as repository:
         before = repository.audit_head(run_id)
     result = _unlearn(trained, 3, key_file=forged)
@@ -107,3 +112,66 @@ def test_a_request_signed_with_another_clients_identity_is_refused(trained, tmp_
 def test_healing_is_refused_for_the_retrain_method(trained):
     result = _unlearn(trained, 0, "--method", "retrain", "--heal-rounds", "1")
     assert result.exit_code == 2 and "heal_rounds applies to method 'medu'" in result.output
+
+
+def test_fast_fedul_settings_with_the_calibrated_rule_are_a_usage_error(trained):
+    run_id, db, _ = trained
+    with Repository.open(str(db)) as repository:
+        before = repository.audit_head(run_id)
+    result = _unlearn(trained, 2, "--rule", "calibrated", "--alpha", "0.1")
+    assert result.exit_code == 2 and "--alpha and --theta apply to --rule fast-fedul" in result.output
+    with Repository.open(str(db)) as repository:
+        assert repository.audit_head(run_id) == before  # nothing was written
+
+
+def test_status_and_cancel_end_a_request_that_a_crash_left_open(trained, monkeypatch):
+    import unlearning.deletion as deletion
+    from unlearning.deletion import unlearn_client
+    from unlearning.requests import sign_deletion_request
+
+    run_id, db, keys = trained
+    assert "no deletion requests" in _unlearn(trained, 5, "--status").output
+    refused = _unlearn(trained, 5, "--cancel")
+    assert refused.exit_code == 2 and "has no open deletion request to cancel" in refused.output
+    client = load_keys(keys / "client-5.key")
+    with Repository.open(str(db)) as repository, monkeypatch.context() as patch:
+        secret = stored_run_history_secret(keys / "client-5.key", client, repository, run_id)
+        patch.setattr(deletion, "_unlearn", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):  # the process dies after opening the records
+            unlearn_client(repository, sign_deletion_request(client.identity, secret, run_id, 5))
+    shown = _unlearn(trained, 5, "--status")
+    assert shown.exit_code == 0 and ": opened (method=medu" in shown.output
+    other = _unlearn(trained, 5, "--alpha", "0.3")
+    assert other.exit_code == 2 and f"--run {run_id} --client 5 --cancel" in other.output
+    cancelled = _unlearn(trained, 5, "--cancel", "--reason", "other settings wanted")
+    assert cancelled.exit_code == 0, cancelled.output
+    assert "cancelled: it is failed (cancelled: other settings wanted); nothing was applied" in cancelled.output
+    (row,) = json.loads(_unlearn(trained, 5, "--status", "--json").output)
+    assert (row["state"], row["reason"]) == ("failed", "cancelled: other settings wanted")
+    again = _unlearn(trained, 5, "--alpha", "0.3")
+    assert again.exit_code == 0 and "shredded" in again.output
+    states = [row["state"] for row in json.loads(_unlearn(trained, 5, "--status", "--json").output)]
+    assert states == ["failed", "shredded"]
+
+
+def test_cancel_status_and_verify_exclude_each_other(trained):
+    for flags in (("--cancel", "--verify"), ("--status", "--cancel"), ("--status", "--verify")):
+        result = _unlearn(trained, 4, *flags)
+        assert result.exit_code == 2 and "exclude each other" in result.output
+
+
+def test_a_verification_that_cannot_train_says_the_deletion_is_finished_and_retries_alone(trained, tmp_path):
+    import shutil
+
+    run_id, db, keys = trained
+    partial = tmp_path / "keys"
+    partial.mkdir()
+    for client in range(1, 6):  # client 0's key file is missing: the oracle cannot train it
+        for path in [keys / f"client-{client}.key", *keys.glob(f"client-{client}.run-*.history")]:
+            shutil.copy2(path, partial / path.name)
+    result = _unlearn(trained, 4, "--verify", key_file=partial / "client-4.key")
+    assert result.exit_code == 2
+    assert "is finished (model version" in result.output and "no key file for client 0" in result.output
+    with Repository.open(str(db)) as repository:
+        assert repository.get_client(run_id, 4).status == "deleted"
+        assert all(e.client_id != 4 for e in repository.audit_entries(run_id, event="unlearning.verified"))

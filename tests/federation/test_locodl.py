@@ -1,4 +1,4 @@
-"""LoCoDL (ALGORITHMS.md §5.1): exact linear convergence, the invariant, the Scaffnew reduction."""
+"""LoCoDL (docs/ALGORITHMS.md §5.1): exact linear convergence, the invariant, the Scaffnew reduction."""
 
 import numpy as np
 import pytest

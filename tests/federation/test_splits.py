@@ -48,7 +48,7 @@ def test_every_split_partitions_the_indices_exactly(total, num_classes, num_clie
 
 
 def test_dirichlet_on_digits_reproduces_the_niid_bench_classes_per_client():
-    # ALGORITHMS.md §7: 10 clients on digits give about 10.0, 7.2, 2.9 classes per client at
+    # docs/ALGORITHMS.md §7: 10 clients on digits give about 10.0, 7.2, 2.9 classes per client at
     # alpha = 100, 1, 0.1 (counting classes a client holds >= 5 examples of). Averages over 10
     # fixed seeds; the across-seed standard error is about 0.13, so +-0.6 is a wide band that
     # still separates the three regimes.

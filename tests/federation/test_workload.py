@@ -148,7 +148,7 @@ def test_locodl_and_fedp3_need_the_built_in_models():
 
 
 def test_the_retrained_oracle_of_a_workload_run_trains_the_same_workload(tmp_path):
-    from unlearning.retrain import CoordinatorTrainer
+    from federation.retraining import CoordinatorTrainer
 
     workload = _workload()
     config = CONFIG.replace(noise="none", rounds=2)
@@ -161,3 +161,33 @@ def test_the_retrained_oracle_of_a_workload_run_trains_the_same_workload(tmp_pat
         assert not np.array_equal(oracle.parameters, coordinator.model.flat())  # trained without client 0
         with pytest.raises(ConfigError, match="Workload"):
             CoordinatorTrainer(tmp_path / "keys").retrain(repository, coordinator.run_id, {0})
+
+
+def test_a_dp_deletion_on_a_workload_run_is_verified_against_its_own_oracle(tmp_path):
+    from federation.keystore import load_keys
+    from federation.oracle_verification import VERIFIED_EVENT, verify_model_version
+    from federation.retraining import CoordinatorTrainer
+    from federation.run_secrets import stored_run_history_secret
+    from unlearning.deletion import unlearn_client
+    from unlearning.errors import UnlearningInputError
+    from unlearning.requests import sign_deletion_request
+
+    workload = _workload()
+    config = CONFIG.replace(rounds=2, history=True, workers=1)  # distributed noise; no dropouts: floor = 6
+    with Repository.open(str(tmp_path / "u.db")) as repository:
+        coordinator = Coordinator(config, repository, key_directory=tmp_path / "keys", workload=workload)
+        coordinator.run()
+        keys = load_keys(tmp_path / "keys" / "client-0.key")
+        secret = stored_run_history_secret(tmp_path / "keys" / "client-0.key", keys, repository, coordinator.run_id)
+        outcome = unlearn_client(repository, sign_deletion_request(keys.identity, secret, coordinator.run_id, 0))
+        ledger = repository.ledger_entries(coordinator.run_id)
+        trainer = CoordinatorTrainer(tmp_path / "keys", workers=1, workload=workload)
+        report, oracle = verify_model_version(repository, coordinator.run_id, 0, outcome.model_version, trainer)
+        assert oracle.rounds_completed == 2  # five clients a round, one under the floor: the oracle releases nothing
+        assert report.unlearned.backdoor_success is None and 0.0 <= report.retrained.test_accuracy <= 1.0
+        assert 0.0 <= report.retrained.forgotten_accuracy <= 1.0 and report.relative_distance > 0.0
+        assert repository.ledger_entries(coordinator.run_id) == ledger
+        assert len(repository.audit_entries(coordinator.run_id, event=VERIFIED_EVENT)) == 1
+        with pytest.raises(UnlearningInputError, match="verify it with the same Workload"):
+            verify_model_version(repository, coordinator.run_id, 0, outcome.model_version,
+                                 CoordinatorTrainer(tmp_path / "keys", workers=1))

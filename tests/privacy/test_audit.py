@@ -19,6 +19,7 @@ from privacy.accounting import recompute_epsilon
 from privacy.audit import (
     audit_release,
     canary_audit,
+    canary_audit_over_guesses,
     clopper_pearson_epsilon,
     clopper_pearson_upper,
     one_run_epsilon_lower_bound,
@@ -126,3 +127,25 @@ def test_audit_inputs_are_validated():
         canary_audit(np.zeros(4), np.array([1, 0, 1, 0]), 1, 1, 0.0)
     with pytest.raises(AuditError):
         audit_release(lambda z: z, 0, 4, 10, DELTA, 1.0, 1.0)
+
+
+def test_canary_audit_over_guesses_is_the_best_bonferroni_share():
+    rng = np.random.default_rng(7)
+    included = rng.random(400) < 0.5
+    scores = rng.normal(size=400) + 3.0 * included
+    counts = (20, 40, 80)
+    combined = canary_audit_over_guesses(scores, included, counts, 1e-5, 0.05)
+    each = [canary_audit(scores, included, k, k, 1e-5, 0.05 / 3) for k in counts]
+    assert combined.epsilon_lower_bound == max(a.epsilon_lower_bound for a in each) > 0
+    assert combined.significance == 0.05
+    # splitting the significance costs: one guess count alone at the full 0.05 certifies more
+    best = max(each, key=lambda a: a.epsilon_lower_bound)
+    alone = canary_audit(scores, included, best.guesses // 2, best.guesses // 2, 1e-5, 0.05)
+    assert alone.epsilon_lower_bound > combined.epsilon_lower_bound
+
+
+def test_canary_audit_over_guesses_rejects_bad_grids():
+    with pytest.raises(AuditError):
+        canary_audit_over_guesses(np.zeros(4), np.zeros(4, dtype=bool), (), 1e-5)
+    with pytest.raises(AuditError):
+        canary_audit_over_guesses(np.zeros(4), np.zeros(4, dtype=bool), (0,), 1e-5)

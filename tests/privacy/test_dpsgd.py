@@ -121,7 +121,7 @@ def test_event_is_a_self_composed_poisson_sampled_gaussian():
 
 
 def test_published_rdp_oracles():
-    # TF-Privacy's MNIST default (ALGORITHMS §3.6) and Opacus' own test constant.
+    # TF-Privacy's MNIST default (docs/ALGORITHMS.md §3.6) and Opacus' own test constant.
     assert round(epsilon_from_event(dp_sgd_event(1.1, 256 / 60000, 14062)), 4) == 2.5966
     assert opacus_rdp_epsilon(1.1, 256 / 60000, 14062, DELTA) == pytest.approx(2.5966, abs=5e-5)
     assert opacus_rdp_epsilon(1.5, 0.04, 2250, DELTA) == pytest.approx(7.32911117143, rel=1e-9)

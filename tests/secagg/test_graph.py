@@ -1,4 +1,4 @@
-"""The Harary neighbour graph and the default (k, t) table (ALGORITHMS.md §1.4)."""
+"""The Harary neighbour graph and the default (k, t) table (docs/ALGORITHMS.md §1.4)."""
 
 import math
 
@@ -115,7 +115,7 @@ def test_invalid_graph_parameters_are_refused(ids, k, seed, message):
 # --- default parameters ------------------------------------------------------------------------
 
 ROWS = (100, 1_000, 10_000, 100_000, 1_000_000)
-TABLE = {  # ALGORITHMS.md §1.4, curious-server columns: (adversarial, dropout) -> (k, t) per n
+TABLE = {  # docs/ALGORITHMS.md §1.4, curious-server columns: (adversarial, dropout) -> (k, t) per n
     (0.05, 0.05): dict(zip(ROWS, [(12, 6), (30, 17), (34, 20), (36, 21), (38, 22)])),
     (0.05, 0.33): dict(zip(ROWS, [(28, 6), (72, 24), (86, 29), (96, 32), (102, 34)])),
     (0.33, 0.33): dict(zip(ROWS, [(68, 34), (286, 150), (422, 221), (480, 251), (518, 270)])),

@@ -16,7 +16,7 @@ from secagg.lattice import LATTICE_NAMES, get_lattice
 
 RNG = np.random.default_rng(20240601)  # test data only; nothing secret
 
-# Conway & Sloane (SPLAG table 2.3) normalized second moments, as tabulated in ALGORITHMS §2.4.
+# Conway & Sloane (SPLAG table 2.3) normalized second moments, as tabulated in docs/ALGORITHMS.md §2.4.
 PUBLISHED_SECOND_MOMENTS = {"Z": 1 / 12, "A2": 0.080188, "D4": 0.076603, "E8": 0.071682}
 
 

@@ -68,7 +68,7 @@ def test_required_bits_never_lets_the_sum_wrap(max_abs, clients):
 
 
 def test_statistical_bits_reproduces_the_documented_7_14_sigma():
-    # ALGORITHMS §2.6: overflow 1e−6 over d' = 2**20 coordinates needs R/2 >= 7.14·σ_S.
+    # docs/ALGORITHMS.md §2.6: overflow 1e−6 over d' = 2**20 coordinates needs R/2 >= 7.14·σ_S.
     for sigma, bits in [(8192 / 7.137 * 0.999, 14), (8192 / 7.137 * 1.001, 15)]:
         assert statistical_bits(sigma, 2**20, 1e-6) == bits
     # TFF's per-coordinate 1e−4 gives 3.9·σ_S.

@@ -1,5 +1,5 @@
 """SecAgg+ carrying lattice coordinates: the secure sum decodes exactly to the sum of the
-individual decodes, for every lattice and under dropouts (ALGORITHMS.md §2.3)."""
+individual decodes, for every lattice and under dropouts (docs/ALGORITHMS.md §2.3)."""
 
 import os
 

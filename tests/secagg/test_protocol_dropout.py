@@ -1,5 +1,5 @@
 """Dropouts at every stage: exact sums down to the threshold, aborts below it that reveal nothing,
-and never both secrets of one client in the server's hands (ALGORITHMS.md §1.5-1.6)."""
+and never both secrets of one client in the server's hands (docs/ALGORITHMS.md §1.5-1.6)."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """Client fleet for the end-to-end test: many real client processes, started fast.
 
-Usage: python client_fleet.py SERVER_URL WORK_DIR TOKENS_JSON
+Usage: python client_fleet.py SERVER_URL WORK_DIR TOKENS_JSON AUTHORITY_FINGERPRINT
 
 Importing torch and the client stack, and torch's first training step, cost seconds of CPU per
 process; on a shared 2-core machine twelve of them at once would eat the first round's deadline.
@@ -37,12 +37,12 @@ from federation.learning import LocalLearner
 POLL_WAIT = 1.0
 
 
-def child(server_url: str, work: Path, client_id: int, token: str, crash_at) -> None:
+def child(server_url: str, work: Path, client_id: int, token: str, crash_at, authority: str) -> None:
     log = os.open(work / f"client-{client_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
     options = ClientOptions(server_url=server_url, client_id=client_id, key_directory=work / "keys",
-                            enrolment_token=token, poll_wait=POLL_WAIT, crash_at=crash_at,
+                            enrolment_token=token, poll_wait=POLL_WAIT, crash_at=crash_at, authority_fingerprint=authority,
                             retry=RetryPolicy(initial_delay=0.1, max_delay=1.0, max_elapsed=120.0))
     try:
         ParticipantProcess(options, echo=lambda line: print(line, flush=True)).run()
@@ -53,7 +53,7 @@ def child(server_url: str, work: Path, client_id: int, token: str, crash_at) -> 
 
 
 def main() -> None:
-    server_url, work, tokens_file = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    server_url, work, tokens_file, authority = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
     tokens = json.loads(tokens_file.read_text())["tokens"]
     info = httpx.get(f"{server_url}/v1/run", timeout=30).json()
     config = RunConfig.from_dict(info["config"])
@@ -70,7 +70,7 @@ def main() -> None:
     def spawn(client_id: int, crash_at) -> None:
         pid = os.fork()
         if pid == 0:
-            child(server_url, work, client_id, tokens[str(client_id)], crash_at)
+            child(server_url, work, client_id, tokens[str(client_id)], crash_at, authority)
         children[pid] = client_id
         say(f"pid {client_id} {pid}")
 

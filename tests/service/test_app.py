@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from federation.keystore import run_state_tag
+from federation.run_secrets import RunSecretDestroyedError
 from federation.service.app import create_app
 from federation.service.auth import (
     HEADER_SIGNATURE,
@@ -264,16 +266,18 @@ def test_a_client_is_unlearned_over_http_with_its_signed_deletion_request(reposi
     config = small_config.replace(history=True, checkpoint_every=1, rounds=2)
     run_id = repository.create_run(config.to_dict()).id
     manager = RoundManager(repository, run_id, state, ServiceSettings(min_clients=6, online_window=1e5), clock=clock)
-    fleet = [RuntimeClient(ClientRuntime(c, config, run_id, tmp_path / "keys")) for c in range(6)]
+    tag = run_state_tag(run_id, repository.get_run(run_id).created_at)  # as the networked client names it
+    fleet = [RuntimeClient(ClientRuntime(c, config, run_id, tmp_path / "keys", run_tag=tag)) for c in range(6)]
     for client in fleet:
         client.enrol(manager)
     drive(manager, fleet, clock)
     app = create_app(manager, server_secrets=state.secrets(), replay_guard=ReplayGuard(), tick_interval=0.01)
     with TestClient(app) as http:
-        options = ClientOptions(server_url="http://testserver", client_id=4, key_directory=tmp_path / "keys")
+        options = ClientOptions(server_url="http://testserver", client_id=4, key_directory=tmp_path / "keys",
+                                insecure=True)
         # Signed by client 4 but naming client 5: refused before anything is opened.
         keys = fleet[4].runtime.keys
-        forged = sign_deletion_request(keys.identity, keys.history_secret, run_id, 5).to_bytes()
+        forged = sign_deletion_request(keys.identity, fleet[4].runtime.history_secret, run_id, 5).to_bytes()
         party = Party(4, run_id)
         party.identity = keys.identity
         response = party.call(http, "POST", "/v1/clients/4/deletion-request", forged)
@@ -281,6 +285,10 @@ def test_a_client_is_unlearned_over_http_with_its_signed_deletion_request(reposi
         assert repository.list_deletion_requests(run_id) == []
 
         result = request_deletion(options, timeout=60, http=http)
+        # The server confirmed the shredding: the client destroyed this run's history secret.
+        assert result["history_secret_destroyed"] is True
+        with pytest.raises(RunSecretDestroyedError, match="destroyed"):
+            request_deletion(options, timeout=60, http=http)
     assert result["state"] == "shredded" and result["records_shredded"] == 2
     assert repository.get_client(run_id, 4).status == "deleted"
     assert manager.public_key_of(4) is None

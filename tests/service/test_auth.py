@@ -186,3 +186,50 @@ def test_an_enrolment_token_binds_one_client_of_one_run():
             check_enrolment_token(other_key, run_id, client_id, token)
     with pytest.raises(ForbiddenError):
         check_enrolment_token(key, RUN, 3, "\ud800" + token)  # not even UTF-8 encodable: still a clean 403
+
+
+def _flood(auth, clock, requests):
+    """Client 2 (enrolled, but misbehaving) sends ``requests`` validly signed requests."""
+    for _ in range(requests):
+        try:
+            check(auth, signed(identity=BOB, client_id=2))
+        except TooManyRequestsError:
+            pass
+
+
+def test_one_client_flooding_the_replay_cache_locks_everyone_out_without_a_per_client_quota():
+    # The attack, with the quota as large as the cache (the pre-change behaviour): Bob fills the
+    # shared cache and Alice's next request is refused.
+    clock = Clock()
+    auth = authenticator(clock, capacity=50, per_client_quota=50)
+    _flood(auth, clock, 60)
+    with pytest.raises(TooManyRequestsError, match="too many requests in the replay window"):
+        check(auth, signed())
+
+
+def test_a_per_client_quota_stops_one_client_from_locking_the_others_out():
+    clock = Clock()
+    auth = authenticator(clock, capacity=50, per_client_quota=10)
+    _flood(auth, clock, 60)
+    with pytest.raises(TooManyRequestsError, match="client 2 sent more than 10 requests"):
+        check(auth, signed(identity=BOB, client_id=2))
+    for _ in range(10):  # Alice is served, up to her own quota
+        assert check(auth, signed()) == 1
+    assert len(auth.replay_guard) == 20
+
+
+def test_a_client_quota_frees_up_as_its_nonces_expire():
+    clock = Clock()
+    guard = ReplayGuard(clock=clock, not_before=0, max_skew_seconds=10, per_client_quota=2)
+    auth = RequestAuthenticator(RUN, guard)
+    check(auth, signed())
+    check(auth, signed())
+    with pytest.raises(TooManyRequestsError):
+        check(auth, signed())
+    clock.now += 12
+    assert check(auth, signed(timestamp=NOW + 12)) == 1
+
+
+def test_the_per_client_quota_must_be_a_positive_int():
+    with pytest.raises(ValueError, match="per_client_quota"):
+        ReplayGuard(per_client_quota=0)

@@ -2,6 +2,10 @@
 
 One scenario, in order (digits, logistic regression, distributed Skellam noise, history records):
 
+- the operator's enrolment authority (`fedvault authority init`, kept outside the server's state)
+  signs the run's directory from the clients' `fedvault client fingerprint --json` and publishes
+  it; every client pins the authority fingerprint and uses only that directory;
+
 - rounds run with real clients over HTTP and the model improves;
 - in round 1 four randomly chosen clients are SIGKILLed, one at each SecAgg+ stage (each kills
   itself on receiving that stage's request, so the stage is exact); the round still completes
@@ -31,6 +35,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
+
+from cli.main import fedvault
 
 from federation.keystore import load_keys
 from federation.service.auth import HEADER_SIGNATURE, sign_request
@@ -94,9 +101,9 @@ class Server:
 class Fleet:
     """The forking client launcher (tests/service/client_fleet.py); its output is read by a thread."""
 
-    def __init__(self, server: Server, work: Path) -> None:
+    def __init__(self, server: Server, work: Path, authority: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(FLEET), server.url, str(work), str(work / "tokens.json")],
+            [sys.executable, str(FLEET), server.url, str(work), str(work / "tokens.json"), authority],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.lines: queue.Queue[str] = queue.Queue()
         self.exits: dict[int, int] = {}  # client id -> exit code of its latest process
@@ -169,7 +176,8 @@ def test_server_and_client_processes_survive_kills_and_restarts(work, server):
     holdout = chooser.choice([c for c in range(1, CLIENTS) if c not in victims.values()])
     crash_plan = {client: (1, stage) for stage, client in victims.items()}
     crash_plan[holdout] = (3, MASKED_INPUT)  # keeps round 3's masked-input stage open for the server kill
-    fleet = Fleet(server, work)
+    authority = sign_and_publish_directory(server, work, run_id)
+    fleet = Fleet(server, work, authority)
     restarted = None
     try:
         for client_id in range(CLIENTS):
@@ -185,6 +193,7 @@ def test_server_and_client_processes_survive_kills_and_restarts(work, server):
         restarted = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "client", "run", "--server", server.url, "--client-id",
              str(cli_victim), "--key-dir", str(work / "keys"), "--enrolment-token", tokens[str(cli_victim)],
+             "--authority-fingerprint", authority,
              "--poll-wait", "1", "--retry-max-delay", "1"],
             stdout=open(work / "restarted.log", "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
 
@@ -239,6 +248,32 @@ def test_server_and_client_processes_survive_kills_and_restarts(work, server):
     assert {c: exits.get(c) for c in finished} == {c: 0 for c in finished}
 
     check_refusals(server, work, run_id)
+
+
+def sign_and_publish_directory(server: Server, work: Path, run_id: int) -> str:
+    """The operator's side: an authority key outside the server's state, each client's key as its
+    `fedvault client fingerprint --json` shows it, the signed directory published. Returns the
+    authority fingerprint the clients are given."""
+    runner = CliRunner()
+
+    def cli(*arguments):
+        result = runner.invoke(fedvault, [*arguments])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    authority = json.loads(cli("authority", "init", "--key-file", str(work / "operator" / "authority.key"),
+                               "--json"))
+    lines = [cli("client", "fingerprint", "--client-id", str(c), "--key-dir", str(work / "keys"), "--json").strip()
+             for c in range(CLIENTS)]
+    (work / "client-keys.jsonl").write_text("\n".join(lines) + "\n")
+    cli("authority", "sign-directory", "--key-file", str(work / "operator" / "authority.key"), "--run-id",
+        str(run_id), "--version", "1", "--keys", str(work / "client-keys.jsonl"), "--out",
+        str(work / "directory.json"))
+    published = json.loads(cli("authority", "publish", "--server", server.url, "--directory",
+                               str(work / "directory.json"), "--operator-token", OPERATOR, "--json"))
+    assert published["status"] == "published" and published["clients"] == CLIENTS
+    assert published["authority_fingerprint"] == authority["fingerprint"]
+    return authority["fingerprint"]
 
 
 def check_refusals(server: Server, work: Path, run_id: int) -> None:

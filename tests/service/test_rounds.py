@@ -225,15 +225,16 @@ def test_deletion_waits_for_the_gap_between_rounds_then_unlearns_the_client(repo
     drive(manager, fleet, clock)
     model_before = manager.model.flat()
     keys = runtimes[2].keys
+    secret = runtimes[2].history_secret  # this run's history secret (federation.run_secrets)
 
     with pytest.raises(ForbiddenError, match="does not match"):
         manager.request_deletion(sign_deletion_request(keys.identity, bytes(32), run_id, 2), timeout=0)
     with pytest.raises(AuthenticationFailedError, match="not signed by the client's enrolled identity key"):
-        manager.request_deletion(sign_deletion_request(runtimes[3].keys.identity, keys.history_secret, run_id, 2),
+        manager.request_deletion(sign_deletion_request(runtimes[3].keys.identity, secret, run_id, 2),
                                  timeout=0)
     assert repository.list_deletion_requests(run_id) == []
 
-    request = sign_deletion_request(keys.identity, keys.history_secret, run_id, 2)
+    request = sign_deletion_request(keys.identity, secret, run_id, 2)
     assert manager.request_deletion(request, timeout=0) is None  # queued for the driver
     manager.tick()
     (done,) = repository.list_deletion_requests(run_id)

@@ -117,3 +117,20 @@ def test_racing_writers_never_commit_the_same_round_twice(database_url, enrol_cl
     committed = setup.audit_entries(run.id, event="round.committed")
     assert [e.round_index for e in committed] == [r.round_index for r in rounds]
     setup.close()
+
+
+def test_a_new_sqlite_file_and_its_wal_are_private_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)  # SQLite alone would create the file 0644 under this umask
+    try:
+        path = tmp_path / "fedvault.db"
+        with open_database(path) as database:
+            Repository(database).create_run({"rounds": 1})
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    finally:
+        os.umask(previous)
+    assert modes["fedvault.db"] == 0o600
+    assert modes["fedvault.db-wal"] == 0o600 and modes["fedvault.db-shm"] == 0o600
+

@@ -64,7 +64,8 @@ def test_streamed_correction_over_stored_records_equals_the_direct_formula(synth
         before = _model_before(repository, run.run_id)
         opened = _opened(repository, run, client)
         direct, _ = _direct_correction(run, client, {t: o.update for t, o in opened.items()}, alpha, theta)
-        outcome = unlearn_client(repository, _request(run, client), settings=UnlearningSettings(alpha=alpha, theta=theta))
+        outcome = unlearn_client(repository, _request(run, client), settings=UnlearningSettings(rule="fast-fedul", alpha=alpha,
+                                                                               theta=theta))
         stored = repository.load_checkpoint(run.run_id)
     assert stored.info.source == "unlearning" and stored.info.model_version == outcome.model_version
     assert stored.info.round_index == ROUNDS - 1
@@ -77,7 +78,8 @@ def test_correction_from_compressed_records_is_within_the_propagated_lattice_bou
     run, client, alpha = synthetic_run, 3, 0.07
     with run.open() as repository:
         opened = _opened(repository, run, client)
-        streamed = medu_correction(repository, run.run_id, client, run.secrets[client], alpha=alpha)
+        streamed = medu_correction(repository, run.run_id, client, run.secrets[client], rule="fast-fedul",
+                                   alpha=alpha)
         before = _model_before(repository, run.run_id)
     true, betas = _direct_correction(run, client, {t: run.updates[(t, client)] for t in opened}, alpha, 1.0)
     bound = sum(np.prod([betas[s] for s in range(t + 1, ROUNDS)]) / len(run.survivors[t]) * o.error_bound

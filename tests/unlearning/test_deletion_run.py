@@ -12,7 +12,8 @@ from storage import Repository
 from unlearning.deletion import current_model, record_config_for_run, unlearn_client
 from unlearning.records import open_history
 from unlearning.requests import sign_deletion_request
-from federation.keystore import load_keys
+from federation.keystore import load_keys, run_state_tag
+from federation.run_secrets import run_history_secret
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +55,8 @@ def story(tmp_path_factory):
     run_id = coordinator.run_id
     before = {c: repository.count_sealed_records(run_id, c) for c in range(CONFIG.clients)}
     client_keys = load_keys(keys / f"client-{TARGET}.key")
-    outcome = unlearn_client(repository, sign_deletion_request(client_keys.identity, client_keys.history_secret,
-                                                               run_id, TARGET))
+    secret = run_history_secret(keys / f"client-{TARGET}.key", client_keys, run_id, coordinator.run_tag, create=False)
+    outcome = unlearn_client(repository, sign_deletion_request(client_keys.identity, secret, run_id, TARGET))
     unlearned, _ = current_model(repository, run_id)
     Coordinator(CONFIG, repository, key_directory=keys, run_id=run_id).run()
     yield repository, run_id, keys, before, outcome, unlearned
@@ -91,7 +92,9 @@ def test_other_clients_histories_open_as_unbroken_chains_across_the_crash(story)
     run = repository.get_run(run_id)
     config = record_config_for_run(run.config, repository.list_rounds(run_id))
     for client in (c for c in range(CONFIG.clients) if c != TARGET):
-        secret = load_keys(keys / f"client-{client}.key").history_secret
+        tag = run_state_tag(run_id, run.created_at)
+        secret = run_history_secret(keys / f"client-{client}.key", load_keys(keys / f"client-{client}.key"), run_id,
+                                    tag, create=False)
         stored = [(r.round_index, r.ciphertext) for r in repository.iter_sealed_records(run_id, client)]
         opened = list(open_history(stored, history_secret=secret,
                                    commitment=repository.get_client(run_id, client).history_commitment,

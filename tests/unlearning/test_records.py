@@ -379,3 +379,49 @@ def test_any_authenticated_plaintext_opens_or_fails_with_an_unlearning_error(dat
     except UnlearningError:
         return
     assert opened.update.shape == (40,) and np.linalg.norm(opened.update) <= config.max_norm
+
+
+# --- cost of encoding -----------------------------------------------------------------------
+
+
+def _heavy_tailed(count, dimension, seed, norm=0.4):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        update = rng.standard_t(3, size=dimension)
+        yield norm * update / np.linalg.norm(update)
+
+
+@pytest.mark.parametrize("lattice", ["Z", "D4", "E8"])
+def test_a_trial_encodes_exactly_as_the_dithered_quantizer_at_every_step(lattice):
+    """The encoder draws a kept count's dither once and reuses it at every step it tries; the
+    lattice points are those DitheredQuantizer.encode gives with a fresh dither each time."""
+    from secagg.quantizer import DitheredQuantizer
+    from unlearning import records
+
+    config = RecordConfig(dimension=650, clip_norm=0.5, lattice=lattice)
+    update = next(_heavy_tailed(1, 650, seed=2))
+    support = np.sort(np.argsort(-np.abs(update), kind="stable")[:301])
+    trial = records._Trial(config, config.lattice_object(), bytes(range(32)), update, support,
+                           records._compressor(config.compression_level))
+    for j in (0, 100, 170, 192, records._GRID_TOP):
+        points = trial.lattice.nearest_point(trial.padded * (1.0 / trial.step(j)) + trial.dither)
+        z = DitheredQuantizer(trial.lattice, trial.step(j)).encode(update[support], bytes(range(32)),
+                                                                   records._DITHER_INFO)
+        assert np.array_equal(trial.lattice.to_coordinates(points).reshape(-1), z)
+
+
+def test_the_default_compression_level_codes_as_finely_as_level_19(secret):
+    """The default level (5) is about 3 times cheaper than 19; its records are as accurate within 2%
+    (here 0.9%; on real digits updates 0.2%)."""
+    errors, default = {}, RecordConfig(dimension=650, clip_norm=0.5).compression_level
+    assert default < 19
+    for level in (default, 19):
+        config = RecordConfig(dimension=650, clip_norm=0.5, bits_per_entry=0.5, compression_level=level)
+        squared = []
+        for index, update in enumerate(_heavy_tailed(8, 650, seed=11)):
+            plaintext = encode_record_plaintext(update, reference=None, parent_round=None,
+                                                seed=bytes([index]) * 32, config=config)
+            decoded, _ = decode_record_plaintext(plaintext, reference=None, seed=bytes([index]) * 32, config=config)
+            squared.append(np.sum((decoded - update) ** 2) / np.sum(update ** 2))
+        errors[level] = float(np.mean(squared))
+    assert errors[default] <= 1.02 * errors[19]

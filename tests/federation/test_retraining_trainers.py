@@ -1,4 +1,4 @@
-"""The retraining oracle (unlearning.retrain.CoordinatorTrainer) of runs whose trainer keeps no
+"""The retraining oracle (federation.retraining.CoordinatorTrainer) of runs whose trainer keeps no
 MEDU records: LoCoDL and LDP-FedP3 runs are unlearned by retraining through their own trainer."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from federation.config import RunConfig
 from federation.coordinator import Coordinator
 from storage.repositories import Repository
-from unlearning.retrain import CoordinatorTrainer
+from federation.retraining import CoordinatorTrainer
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,8 @@ from federation.evaluation import GlobalModel, data_for
 from storage import Repository
 from unlearning.deletion import current_model
 from unlearning.deletion_errors import RetrainError
-from unlearning.retrain import CoordinatorTrainer, verify_against_oracle
+from federation.oracle_verification import verify_against_oracle
+from federation.retraining import CoordinatorTrainer
 
 CONFIG = RunConfig(dataset="digits", split="iid", clients=4, rounds=4, model="logreg", noise="none",
                    dropout_rate=0.0, checkpoint_every=1, learning_rate=0.5, workers=1, seed=2,
@@ -93,11 +94,11 @@ def test_a_new_run_starts_from_given_parameters_and_never_samples_excluded_clien
 
 
 @slow
-def test_retraining_starts_from_the_last_model_before_the_clients_first_round_and_touches_nothing(late_joiner):
+def test_the_oracle_starts_from_the_last_model_before_the_clients_first_round_and_touches_nothing(late_joiner):
     repository, run_id, keys, _ = late_joiner
     before = (repository.list_rounds(run_id), repository.list_checkpoints(run_id), repository.audit_head(run_id),
               repository.ledger_entries(run_id))
-    oracle = CoordinatorTrainer(keys).retrain(repository, run_id, {LATE})
+    oracle = CoordinatorTrainer(keys).oracle(repository, run_id, {LATE})
     assert (oracle.start_round, oracle.rounds_run, oracle.rounds_completed, oracle.round_index) == (2, 2, 2, 3)
     assert (repository.list_rounds(run_id), repository.list_checkpoints(run_id), repository.audit_head(run_id),
             repository.ledger_entries(run_id)) == before  # everything happened in a scratch database
