@@ -6,13 +6,21 @@ Enabled per run through ``RunConfig.extra`` (so the stored run configuration nam
 
 - ``backdoor_client`` (int): the client that plants it (required to enable).
 - ``backdoor_target`` (int, default 0): the class triggered inputs should be classified as.
-- ``backdoor_patch`` (int, default 3): the trigger is a patch×patch square in the bottom-right
-  corner of each image channel (the last ``patch`` features of tabular data).
+- ``backdoor_patch`` (int, default 3): the trigger is a patch×patch square in each image channel
+  (a run of ``patch`` consecutive features of tabular data).
+- ``backdoor_position`` (list of ints, default: the bottom-right corner / the last features): the
+  square's top-left pixel ``[row, column]`` for images, the run's first feature ``[index]`` for
+  tabular data.
 - ``backdoor_value`` (float, default 4.0): the value the trigger writes, in standardized feature
   units (4 standard deviations: a value clean inputs rarely reach in those pixels).
 
 The poisoned client keeps its clean examples and adds one triggered, relabelled copy of each, so
 its clean accuracy (and loss, which the server never sees anyway) looks normal.
+
+:func:`client_data_for` is the one place a client's training data is built for a run on named
+data: the split, then an honest heavy client's concentration (``federation.heavy_client``), then
+the client's attack if it plants one (this backdoor, or ``federation.label_flip``). The workers,
+the oracle and the verification all read it, so they agree on what each client trained on.
 """
 
 from __future__ import annotations
@@ -25,22 +33,27 @@ import numpy as np
 from federation.config import RunConfig
 from federation.datasets import ClientData
 from federation.errors import ConfigError
-from federation.evaluation import data_for
-from federation.learning import LocalLearner
+from federation.evaluation import data_for, model_for
+from federation.heavy_client import heavy_client_for
+from federation.label_flip import label_flip_for
+from federation.learning import LocalLearner, trainer_for
 
-_KEYS = ("backdoor_client", "backdoor_target", "backdoor_patch", "backdoor_value")
+_KEYS = ("backdoor_client", "backdoor_target", "backdoor_patch", "backdoor_position", "backdoor_value")
 
 
 @dataclass(frozen=True)
 class Backdoor:
     """client_id plants it; inputs of ``input_shape`` stamped with the trigger should be read as
-    ``target_label``."""
+    ``target_label``. ``position``: the patch's top-left (row, column) for (channels, height,
+    width) inputs, its first index (index,) for (features,) inputs; None: the bottom-right corner
+    (the last ``patch`` features)."""
 
     client_id: int
     target_label: int
     input_shape: tuple[int, ...]
     patch: int = 3
     value: float = 4.0
+    position: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("client_id", "target_label", "patch"):
@@ -53,15 +66,36 @@ class Backdoor:
             raise ConfigError(f"a backdoor needs (features,) or (channels, height, width) inputs, got {self.input_shape}")
         if self.patch > min(self.input_shape[-2:]):
             raise ConfigError(f"backdoor_patch {self.patch} does not fit inputs of shape {self.input_shape}")
+        if self.position is not None:
+            position = tuple(self.position)
+            spatial = self.input_shape[-2:] if len(self.input_shape) == 3 else self.input_shape
+            if len(position) != len(spatial) or any(isinstance(p, bool) or not isinstance(p, int) for p in position):
+                raise ConfigError(f"backdoor_position must be {len(spatial)} int(s) for inputs of shape "
+                                  f"{self.input_shape}, got {self.position!r}")
+            if any(p < 0 or p + self.patch > size for p, size in zip(position, spatial)):
+                raise ConfigError(f"a {self.patch}-wide trigger at backdoor_position {list(position)} does not fit "
+                                  f"inputs of shape {self.input_shape}")
+            object.__setattr__(self, "position", position)
+
+    @property
+    def origin(self) -> tuple[int, ...]:
+        """The trigger's top-left (row, column), or first feature index (index,)."""
+        if self.position is not None:
+            return self.position
+        if len(self.input_shape) == 1:
+            return (self.input_shape[0] - self.patch,)
+        return (self.input_shape[1] - self.patch, self.input_shape[2] - self.patch)
 
     @property
     def trigger_columns(self) -> np.ndarray:
         """Flat feature indices the trigger overwrites, (k,) int64."""
         if len(self.input_shape) == 1:
-            return np.arange(self.input_shape[0] - self.patch, self.input_shape[0], dtype=np.int64)
+            (start,) = self.origin
+            return np.arange(start, start + self.patch, dtype=np.int64)
         channels, height, width = self.input_shape
+        row, column = self.origin
         grid = np.arange(channels * height * width).reshape(channels, height, width)
-        return grid[:, height - self.patch:, width - self.patch:].reshape(-1).astype(np.int64)
+        return grid[:, row:row + self.patch, column:column + self.patch].reshape(-1).astype(np.int64)
 
     def stamp(self, features):
         """Features (N, F) numpy or torch, with the trigger written in; a new array/tensor."""
@@ -86,9 +120,11 @@ def backdoor_for(config: RunConfig) -> Backdoor | None:
             raise ConfigError(f"{', '.join(stray)} given without backdoor_client")
         return None
     data = data_for(config)
+    position = extra.get("backdoor_position")
     backdoor = Backdoor(client_id=extra["backdoor_client"], target_label=extra.get("backdoor_target", 0),
                         input_shape=tuple(data.input_shape), patch=extra.get("backdoor_patch", 3),
-                        value=extra.get("backdoor_value", 4.0))
+                        value=extra.get("backdoor_value", 4.0),
+                        position=None if position is None else tuple(position))
     if backdoor.client_id >= config.clients:
         raise ConfigError(f"backdoor_client {backdoor.client_id} is not one of the {config.clients} clients")
     if backdoor.target_label >= data.num_classes:
@@ -96,17 +132,27 @@ def backdoor_for(config: RunConfig) -> Backdoor | None:
     return backdoor
 
 
+def client_split_for(config: RunConfig, client_id: int) -> ClientData:
+    """Client ``client_id``'s clean share of the split, after an honest heavy client's
+    concentration if the run has one (before any attack)."""
+    federation = data_for(config)
+    heavy = heavy_client_for(config, federation.num_classes)
+    return federation.clients[client_id] if heavy is None else heavy.client_data(federation, client_id, config.seed)
+
+
 def client_data_for(config: RunConfig, client_id: int) -> ClientData:
-    """Client ``client_id``'s training data as it trains on it (poisoned if it plants the backdoor)."""
-    data = data_for(config).clients[client_id]
+    """Client ``client_id``'s training data as it trains on it: its share of the split (after an
+    honest heavy client's concentration, if the run has one), poisoned if it plants the backdoor
+    or flips labels. Without either it is ``data_for(config).clients[client_id]`` itself."""
+    data = client_split_for(config, client_id)
+    flip = label_flip_for(config, data_for(config).num_classes)
+    if flip is not None and flip.client_id == client_id:
+        data = flip.poison(data)
     backdoor = backdoor_for(config)
     return backdoor.poison(data) if backdoor is not None and backdoor.client_id == client_id else data
 
 
 def learner_for(config: RunConfig, client_id: int) -> LocalLearner:
     """The client's local learner over :func:`client_data_for`."""
-    learner = LocalLearner.for_client(config, client_id)
-    backdoor = backdoor_for(config)
-    if backdoor is None or backdoor.client_id != client_id:
-        return learner
-    return LocalLearner(client_id, learner.trainer, backdoor.poison(learner.data))
+    data = data_for(config)
+    return LocalLearner(client_id, trainer_for(config, model_for(config, data)), client_data_for(config, client_id))
