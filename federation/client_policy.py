@@ -103,6 +103,10 @@ class ClientPolicy:
     min_threshold: int = 2
     min_threshold_fraction: float = 0.5
     min_survivors: int = 2
+    # Only for the operator's own scratch simulations whose sums are never released (the
+    # unlearning oracle replays a run's cohorts below its noise floor): accept a round that
+    # completes with fewer shares than its noise was calibrated for. A real client keeps False.
+    allow_floor_below_noise_calibration: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -117,6 +121,9 @@ class ClientPolicy:
                                             optional=True))
         set_(self, "max_run_epsilon", _number(self.max_run_epsilon, "max_run_epsilon", low=0.0, open_low=True,
                                               optional=True))
+        if not isinstance(self.allow_floor_below_noise_calibration, bool):
+            raise PolicyError("allow_floor_below_noise_calibration must be true or false, got "
+                              f"{self.allow_floor_below_noise_calibration!r}")
         _integer(self.min_cohort, "min_cohort", 2)
         _integer(self.min_threshold, "min_threshold", 1)
         _integer(self.min_survivors, "min_survivors", 1)
@@ -224,6 +231,7 @@ class ClientPolicy:
         if config.minimum_survivors < self.min_survivors:
             raise PolicyRefusedError("min_survivors", f"the round completes with as few as {config.minimum_survivors} "
                                      f"survivors < {self.min_survivors}")
-        if plan is not None and plan.noise.mode == "distributed" and plan.noise.min_survivors > config.minimum_survivors:
+        if plan is not None and plan.noise.mode == "distributed" and plan.noise.min_survivors > config.minimum_survivors \
+                and not self.allow_floor_below_noise_calibration:
             raise PolicyRefusedError("min_survivors", f"the noise is calibrated for {plan.noise.min_survivors} "
                                      f"shares but the round completes with {config.minimum_survivors}")

@@ -329,6 +329,7 @@ class Coordinator:
         upload = sum(len(r.history_record) for r in reports.values()  # sealed records travel with training
                      if isinstance(r, TrainReport) and r.history_record)
         charged: list[LedgerEntryWrite] = []
+        stage_failures: list[ClientFailure] = []
         try:
             for stage in STAGES:
                 gone |= drops[stage]
@@ -342,6 +343,7 @@ class Coordinator:
                 for client_id, reply in replies.items():
                     if isinstance(reply, ClientFailure):
                         gone.add(client_id)
+                        stage_failures.append(reply)
                         continue
                     try:
                         server.receive(client_id, reply)
@@ -352,7 +354,7 @@ class Coordinator:
                         gone.add(client_id)
                 server.advance()
         except RoundAbortedError as error:
-            refusals = [r for r in reports.values() if isinstance(r, ClientFailure)]
+            refusals = [r for r in reports.values() if isinstance(r, ClientFailure)] + stage_failures
             reason = str(error)
             if refusals:  # say why clients stayed out (e.g. a budget they would pass)
                 reason += f"; {len(refusals)} clients refused, e.g. {refusals[0].error_type}: {refusals[0].message}"

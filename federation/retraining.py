@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from federation.client_policy import ClientPolicy
 from federation.cohort_replay import CohortReplay
 from federation.config import RunConfig
 from federation.coordinator import Coordinator
@@ -127,8 +128,12 @@ class CoordinatorTrainer:
             # A scratch database thrown away afterwards: durability buys nothing here.
             scratch = Repository.open(str(Path(directory) / "scratch.db"), sqlite_synchronous="OFF")
             try:
+                # The oracle's simulated clients accept its sums below the noise floor: they never leave.
+                policy = None if replay is None or replay.released else \
+                    ClientPolicy.accepting(config).replace(allow_floor_below_noise_calibration=True)
                 coordinator = Coordinator(config, scratch, key_directory=keys, exclude_clients=exclude,
-                                          initial_parameters=initial, workload=self.workload, replay=replay)
+                                          initial_parameters=initial, workload=self.workload, replay=replay,
+                                          client_policy=policy)
                 if charged:
                     # Budgets carry over: the planner starts from what the run's ledger charged. The
                     # scratch rounds count from 0, so the run's charges are replayed as round 0's

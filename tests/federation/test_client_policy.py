@@ -87,6 +87,13 @@ def test_noise_calibrated_for_more_shares_than_the_round_guarantees_is_refused()
         ClientPolicy().check_round(config, plan(distributed(floor=9)))
 
 
+def test_only_a_scratch_policy_accepts_a_sum_below_its_noise_floor():
+    config = make_config(range(10), 16, 8, neighbours_k=9, threshold=6)
+    ClientPolicy(allow_floor_below_noise_calibration=True).check_round(config, plan(distributed(floor=9)))
+    with pytest.raises(PolicyError, match="allow_floor_below_noise_calibration must be true or false"):
+        ClientPolicy(allow_floor_below_noise_calibration="yes")
+
+
 def test_the_default_policy_matches_the_parameter_tables_ratio():
     ClientPolicy().check_round(make_config(range(14), 16, 8, neighbours_k=12, threshold=6))
     with pytest.raises(PolicyRefusedError):

@@ -7,6 +7,7 @@ import pytest
 from federation.config import RunConfig
 from federation.coordinator import Coordinator
 from federation.keystore import load_keys
+from federation.run_secrets import stored_run_history_secret
 from storage import Repository
 from unlearning.chain_file import ChainFile, chain_path
 from unlearning.deletion import record_config_for_run
@@ -47,7 +48,8 @@ def test_histories_open_as_chains_although_some_uploads_were_never_stored(run):
     config = record_config_for_run(repository.get_run(run_id).config, rounds)
     lost_then_stored = 0
     for client in range(CONFIG.clients):
-        secret = load_keys(keys / f"client-{client}.key").history_secret
+        key_file = keys / f"client-{client}.key"
+        secret = stored_run_history_secret(key_file, load_keys(key_file), repository, run_id)
         stored = [(r.round_index, r.ciphertext) for r in repository.iter_sealed_records(run_id, client)]
         opened = list(open_history(stored, history_secret=secret,
                                    commitment=repository.get_client(run_id, client).history_commitment,
