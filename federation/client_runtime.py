@@ -371,7 +371,7 @@ class ClientRuntime:
         self._fedp3_round, report = FedP3ClientRound.prepare(
             client_id=self.client_id, learner=self.learner, layout=layout, offer_bytes=offer, start=start,
             keep_masks=keep_masks, ledger=self._own_ledger, noise=self._noise, identity=self.keys.identity,
-            directory=self._identity_directory)
+            directory=self._identity_directory, policy=self.policy)
         return report
 
     def handle_groups(self, messages: dict[int, bytes]) -> dict[int, bytes]:

@@ -18,6 +18,7 @@ from dataclasses import replace
 import numpy as np
 
 from federation.client_ledger import ClientLedger
+from federation.client_policy import ClientPolicy, PolicyRefusedError
 from federation.client_runtime import ClientRefusedError, TrainReport
 from federation.errors import ConfigError
 from federation.fedp3_plan import FedP3Offer
@@ -43,19 +44,23 @@ class FedP3ClientRound:
     SecAgg+ client and one pending masked-input vector per uploaded group."""
 
     def __init__(self, client_id: int, round_index: int, plans: Mapping[int, bytes], inputs: dict[int, np.ndarray],
-                 releases: list[tuple[str, object]], identity: IdentityKey, directory: Mapping[int, bytes]) -> None:
+                 releases: list[tuple[str, object]], identity: IdentityKey, directory: Mapping[int, bytes],
+                 policy: ClientPolicy) -> None:
         self.client_id = client_id
         self.round_index = round_index
         self._plan_bytes = dict(plans)
         self._inputs = inputs
         self._releases = releases
-        self._secagg = {group: SecAggClient(client_id, identity, directory) for group in plans}
+        self._policy = policy
+        # The policy's survivor floor is also each group's floor in its consistency round.
+        self._secagg = {group: SecAggClient(client_id, identity, directory, minimum_survivors=policy.min_survivors)
+                        for group in plans}
 
     @classmethod
     def prepare(cls, *, client_id: int, learner: LocalLearner, layout: GroupLayout, offer_bytes: bytes,
                 start: np.ndarray, keep_masks: Mapping[str, np.ndarray], ledger: ClientLedger,
                 noise: Callable[[RoundPlan, np.ndarray], np.ndarray], identity: IdentityKey,
-                directory: Mapping[int, bytes]) -> tuple[FedP3ClientRound, TrainReport]:
+                directory: Mapping[int, bytes], policy: ClientPolicy) -> tuple[FedP3ClientRound, TrainReport]:
         """Check the offer, train from ``start`` ((d,) float32, the pruned global model; zero
         where ``keep_masks``, parameter name -> bool mask of kept entries, prunes), then encode,
         noise and wrap each uploaded group. ``noise(plan, coordinates)`` draws this client's
@@ -93,7 +98,7 @@ class FedP3ClientRound:
             coordinates += noise(plan, coordinates)
             inputs[group] = wrap(coordinates, plan.bits)
         training = result.training
-        state = cls(client_id, offer.round_index, offer.plans, inputs, releases, identity, directory)
+        state = cls(client_id, offer.round_index, offer.plans, inputs, releases, identity, directory, policy)
         return state, TrainReport(client_id, training.num_samples, training.loss)
 
     def handle(self, messages: Mapping[int, bytes], ledger: ClientLedger) -> dict[int, bytes]:
@@ -130,6 +135,11 @@ class FedP3ClientRound:
                     self._secagg.clear()
                     raise ClientRefusedError(f"group {group}'s signed plan differs from the plan this client "
                                              "trained for")
+                try:  # each group's cohort, threshold and survivor floor, before its advertisement leaves
+                    self._policy.check_round(client.config, RoundPlan.from_bytes(self._plan_bytes[group]))
+                except PolicyRefusedError:
+                    self._secagg.clear()  # one group below the policy ends the client's round in every group
+                    raise
                 client.set_input(self._inputs.pop(group))
             replies[group] = reply
         return replies

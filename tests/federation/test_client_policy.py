@@ -172,6 +172,23 @@ def test_the_simulations_clients_enforce_their_policy_through_the_coordinator(tm
         assert [r.status for r in accepted.rounds] == ["completed"]
 
 
+@pytest.mark.slow
+def test_every_fedp3_layer_groups_round_is_checked_against_the_clients_policy(tmp_path):
+    from federation.coordinator import Coordinator
+    from storage import Repository
+
+    config = RunConfig(dataset="digits", split="iid", clients=8, rounds=1, model="cnn", trainer="fedp3",
+                       history=False, fedp3_capacity=0.99, clip_norm=2.0, dropout_rate=0.0, noise="distributed",
+                       target_epsilon=50.0, workers=1, seed=3)
+    with Repository.open(str(tmp_path / "run.db")) as repository:
+        # The plans pass; each group's SecAgg+ config (threshold <= 8) is below a floor of 9.
+        strict = ClientPolicy.accepting(config).replace(min_threshold=9)
+        refused = Coordinator(config, repository, key_directory=tmp_path / "keys", client_policy=strict).run()
+        assert [r.status for r in refused.rounds] == ["aborted"]
+        accepted = Coordinator(config, repository, key_directory=tmp_path / "keys").run()
+        assert [r.status for r in accepted.rounds] == ["completed"]
+
+
 def test_a_server_announcing_a_huge_budget_cannot_raise_the_clients_own(tmp_path):
     from federation.client_runtime import ClientRefusedError
 
