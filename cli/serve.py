@@ -52,8 +52,8 @@ def serve(config_file, db, state_dir, host, port, certfile, keyfile, min_clients
     """Serve a federated run over HTTP(S) to `fedvault client` processes.
 
     Clients enrol with an enrolment token (binding their Ed25519 identity key to their id) and
-    sign every request; the server runs the four SecAgg+ stages with deadlines, sees only masked
-    vectors and their sum, and commits each round to the database in one transaction. Killing the
+    sign every request; the server runs the five SecAgg+ stages (consistency round included) with
+    deadlines, sees only masked vectors and their sum, and commits each round to the database in one transaction. Killing the
     server at any point and starting it again with the same --db and --state-dir resumes the open
     round (or aborts it cleanly) and loses nothing committed. The operator token (for the
     /v1/operator endpoints) is in the state directory unless FEDVAULT_OPERATOR_TOKEN is set.
