@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from federation.config import RunConfig
+from federation.config import RunConfig, extra_settings_given
 from federation.datasets import ClientData
 from federation.errors import ConfigError
 from federation.evaluation import data_for, model_for
@@ -114,10 +114,7 @@ class Backdoor:
 def backdoor_for(config: RunConfig) -> Backdoor | None:
     """The run's backdoor from ``config.extra``, or None when no client plants one."""
     extra = config.extra
-    if "backdoor_client" not in extra:
-        stray = sorted(key for key in _KEYS if key in extra)
-        if stray:
-            raise ConfigError(f"{', '.join(stray)} given without backdoor_client")
+    if not extra_settings_given(extra, "backdoor_client", _KEYS):
         return None
     data = data_for(config)
     position = extra.get("backdoor_position")

@@ -209,6 +209,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in section.items()}
 
 
+def extra_settings_given(extra: dict[str, Any], switch: str, keys: tuple[str, ...]) -> bool:
+    """Whether the run's ``extra`` settings turn on the feature named by ``switch`` (a backdoor,
+    a label flip, a heavy client); ConfigError when some of its ``keys`` come without it."""
+    if switch in extra:
+        return True
+    stray = sorted(key for key in keys if key in extra)
+    if stray:
+        raise ConfigError(f"{', '.join(stray)} given without {switch}")
+    return False
+
+
 def _check_locodl(config: RunConfig) -> None:
     """LoCoDL's exactness needs every client in every communication and a convex objective."""
     if config.model != "logreg":

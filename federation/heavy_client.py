@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from federation.config import RunConfig
+from federation.config import RunConfig, extra_settings_given
 from federation.datasets import ClientData, FederatedDataset
 from federation.errors import ConfigError
 
@@ -92,10 +92,7 @@ class HeavyClient:
 def heavy_client_for(config: RunConfig, num_classes: int) -> HeavyClient | None:
     """The run's heavy client from ``config.extra``, or None when no client is made heavy."""
     extra = config.extra
-    if "heavy_client" not in extra:
-        stray = sorted(key for key in KEYS if key in extra)
-        if stray:
-            raise ConfigError(f"{', '.join(stray)} given without heavy_client")
+    if not extra_settings_given(extra, "heavy_client", KEYS):
         return None
     if "heavy_class" not in extra:
         raise ConfigError("heavy_client needs heavy_class (the class it concentrates)")

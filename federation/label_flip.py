@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from federation.config import RunConfig
+from federation.config import RunConfig, extra_settings_given
 from federation.datasets import ClientData
 from federation.errors import ConfigError
 
@@ -59,10 +59,7 @@ class LabelFlip:
 def label_flip_for(config: RunConfig, num_classes: int) -> LabelFlip | None:
     """The run's label flip from ``config.extra``, or None when no client flips labels."""
     extra = config.extra
-    if "label_flip_client" not in extra:
-        stray = sorted(key for key in KEYS if key in extra)
-        if stray:
-            raise ConfigError(f"{', '.join(stray)} given without label_flip_client")
+    if not extra_settings_given(extra, "label_flip_client", KEYS):
         return None
     missing = [key for key in KEYS[1:] if key not in extra]
     if missing:
