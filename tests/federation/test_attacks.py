@@ -97,3 +97,11 @@ def test_heavy_client_settings_are_validated():
         client_split_for(CONFIG.replace(extra={"heavy_client": 8, "heavy_class": 1}), 0)
     with pytest.raises(ConfigError, match="without heavy_client"):
         client_split_for(CONFIG.replace(extra={"heavy_share": 0.5}), 0)
+
+
+@pytest.mark.parametrize("settings, switch", [({"backdoor_target": 1}, "backdoor_client"),
+                                              ({"heavy_share": 0.8}, "heavy_client"),
+                                              ({"label_flip_source": 1, "label_flip_target": 7}, "label_flip_client")])
+def test_an_attacks_settings_without_its_switch_are_refused_by_name(settings, switch):
+    with pytest.raises(ConfigError, match=f"given without {switch}"):
+        client_data_for(CONFIG.replace(extra=settings), 0)
