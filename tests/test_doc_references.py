@@ -1,7 +1,7 @@
 """The project's docs are in the repository and the code's references to them resolve.
 
 Every ``docs/ALGORITHMS.md §N`` a source file cites must name a section heading of that file,
-every ``docs/NAME.md`` mentioned in code or the README must exist, and every relative link in the
+every ``docs/<name>.md`` mentioned in code or the README must exist, and every relative link in the
 README and in ``docs/`` must point to a file (and, with ``#anchor``, to a heading) that exists.
 """
 
