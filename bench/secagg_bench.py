@@ -398,6 +398,13 @@ def _environment() -> dict:
     }
 
 
+def _report_header(argv: Sequence[str] | None, started: float) -> dict:
+    """What every report of this bench starts with: the command, start time, machine and width."""
+    return {"benchmark": "secagg_bench",
+            "command": " ".join(["bench/secagg_bench.py", *(argv if argv is not None else sys.argv[1:])]),
+            "started_unix": started, "environment": _environment(), "bits": BITS}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="n in {50, 100}, m = 1e5, protocol and upload only")
@@ -411,15 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Consistency round: extra cost against the same round without it (one thread, process CPU;")
         print("medians of 3 rounds; 'extra' CPU is the consistency stage, plus the client's unmask growth)")
         print(_consistency_header())
-        report = {
-            "benchmark": "secagg_bench",
-            "command": " ".join(["bench/secagg_bench.py", *(argv if argv is not None else sys.argv[1:])]),
-            "started_unix": started,
-            "environment": _environment(),
-            "bits": BITS,
-            "consistency_target": CONSISTENCY_TARGET,
-            "consistency": measure_consistency(consistency_cases),
-        }
+        report = {**_report_header(argv, started), "consistency_target": CONSISTENCY_TARGET,
+                  "consistency": measure_consistency(consistency_cases)}
         arguments.out.parent.mkdir(parents=True, exist_ok=True)
         arguments.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {arguments.out}")
@@ -437,11 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_consistency_header())
     consistency = measure_consistency(consistency_cases)
     report = {
-        "benchmark": "secagg_bench",
-        "command": " ".join(["bench/secagg_bench.py", *(argv if argv is not None else sys.argv[1:])]),
-        "started_unix": started,
-        "environment": _environment(),
-        "bits": BITS,
+        **_report_header(argv, started),
         "protocol": protocol,
         "upload": upload,
         "consistency_target": CONSISTENCY_TARGET,
